@@ -1,0 +1,129 @@
+#include "layers/bench_gate.h"
+
+#include <torch/cuda.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <functional>
+#include <iomanip>
+#include <stdexcept>
+
+#include "layers/gate.h"
+#include "layers/gate_function.h"
+
+namespace autorep::layers {
+namespace {
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+void clear_grads(std::initializer_list<torch::Tensor> ts) {
+  for (const auto& t : ts) t.mutable_grad() = torch::Tensor();
+}
+
+}  // namespace
+
+int run_gate_bench(const GateBenchOptions& o, std::ostream& out) {
+  if (o.shape.size() != 2 && o.shape.size() != 4) {
+    throw std::runtime_error("bench gate: --shape must be N,C,H,W or N,F");
+  }
+  for (auto d : o.shape) {
+    if (d <= 0) throw std::runtime_error("bench gate: --shape sizes must be positive");
+  }
+  if (o.device != "cpu" && o.device != "cuda") {
+    throw std::runtime_error("bench gate: --device must be cpu or cuda, got '" + o.device + "'");
+  }
+  if (o.device == "cuda" && !torch::cuda::is_available()) {
+    throw std::runtime_error("bench gate: --device cuda but no CUDA device is available");
+  }
+  if (o.iters < 1) throw std::runtime_error("bench gate: iters must be >= 1");
+  const torch::Device dev(o.device == "cuda" ? torch::kCUDA : torch::kCPU);
+  const auto opt = torch::TensorOptions().dtype(torch::kFloat).device(dev);
+  const bool cuda = dev.is_cuda();
+
+  std::vector<int64_t> sample(o.shape.begin() + 1, o.shape.end());
+  GateOptions go(sample);
+  go.granularity(o.granularity);
+  Gate module(go);  // validates the granularity
+  module->to(dev);
+  module->train();
+  {
+    torch::NoGradGuard ng;
+    module->mask().copy_(torch::rand_like(module->mask()) > 0.5);
+  }
+  const auto mshape = module->mask().sizes().vec();
+  const int64_t C = sample[0];
+
+  auto x = torch::randn(o.shape, opt).requires_grad_(true);
+  const auto g = torch::randn(o.shape, opt);
+  auto aux = torch::rand(mshape, opt).requires_grad_(true);
+  const auto mask = (torch::rand(mshape, opt) > 0.5).to(torch::kFloat);
+  auto c0 = torch::full({C}, 0.2, opt).requires_grad_(true);
+  auto c1 = torch::full({C}, 0.5, opt).requires_grad_(true);
+  auto c2 = torch::full({C}, 2.0, opt).requires_grad_(true);
+  auto dst = torch::empty_like(x);
+
+  auto sync = [&] {
+    if (cuda) torch::cuda::synchronize();
+  };
+  const double s1 = go.scale1(), s2 = go.scale2();
+  std::vector<std::pair<std::string, std::function<void()>>> variants = {
+      {"relu", [&] {
+         torch::relu(x).backward(g);
+         clear_grads({x});
+       }},
+      {"composite", [&] {
+         gate_composite(x, aux, mask, c0, c1, c2, s1, s2, 2).backward(g);
+         clear_grads({x, aux, c0, c1, c2});
+       }},
+      {"fused", [&] {
+         gate_fused(x, aux, mask, c0, c1, c2, s1, s2, 2).backward(g);
+         clear_grads({x, aux, c0, c1, c2});
+       }},
+      {"module", [&] {
+         module->forward(x).backward(g);
+         clear_grads({x});
+         for (auto& p : module->parameters()) p.mutable_grad() = torch::Tensor();
+       }},
+      {"copy", [&] { dst.copy_(x.detach()); }},
+  };
+  std::vector<std::vector<double>> ms(variants.size());
+  for (int it = 0; it < o.warmup + o.iters; ++it) {
+    for (size_t v = 0; v < variants.size(); ++v) {
+      sync();
+      const auto t0 = std::chrono::steady_clock::now();
+      variants[v].second();
+      sync();
+      const auto t1 = std::chrono::steady_clock::now();
+      if (it >= o.warmup) ms[v].push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
+    }
+  }
+  std::vector<double> med;
+  for (const auto& m : ms) med.push_back(median(m));
+
+  const double bytes = static_cast<double>(x.numel()) * x.element_size();
+  out << "gate bench: shape " << x.sizes() << " float32 on " << o.device << ", granularity "
+      << o.granularity << ", " << (cuda ? std::string("") : std::to_string(torch::get_num_threads()) + " threads, ")
+      << o.iters << " interleaved iterations (median)\n";
+  out << std::fixed;
+  const char* notes[] = {"torch::relu through autograd", "composite ATen reference",
+                         "fused autograd function", "Gate module, training mode (+ running stats)",
+                         "tensor copy of the same size"};
+  for (size_t v = 0; v < variants.size(); ++v) {
+    const double passes = variants[v].first == "copy" ? 2.0 : 5.0;
+    out << "  " << std::left << std::setw(10) << variants[v].first << std::right << std::setw(9)
+        << std::setprecision(3) << med[v] << " ms " << std::setw(8) << std::setprecision(1)
+        << passes * bytes / (med[v] * 1e-3) / 1e9 << " GB/s  (" << notes[v] << ")\n";
+  }
+  const double fused_over_relu = med[2] / med[0];
+  out << std::setprecision(3) << "fused/relu=" << fused_over_relu << " composite/fused=" << med[1] / med[2]
+      << " module/relu=" << med[3] / med[0] << "\n";
+  out << std::setprecision(2) << "gate_over_relu=" << fused_over_relu << "\n";
+  return 0;
+}
+
+}  // namespace autorep::layers

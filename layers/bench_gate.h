@@ -1,0 +1,31 @@
+#pragma once
+/// `autorep bench gate`: forward+backward time of the fused gate against a plain ReLU and the
+/// composite reference, measured interleaved in one run.
+
+#include <cstdint>
+#include <ostream>
+#include <string>
+#include <vector>
+
+namespace autorep::layers {
+
+struct GateBenchOptions {
+  /// Input shape: N,C,H,W or N,F.
+  std::vector<int64_t> shape{64, 64, 28, 28};
+  /// "cpu" or "cuda".
+  std::string device = "cpu";
+  /// Timed iterations per variant (median reported), after `warmup` untimed ones.
+  int iters = 20;
+  int warmup = 3;
+  /// "pixel", "channel" or "layer".
+  std::string granularity = "pixel";
+};
+
+/// Times (median ms of interleaved iterations, float32) forward+backward of torch::relu, the
+/// composite gate, the fused gate and a Gate module in training mode (fused gate + running
+/// statistics), plus a tensor copy of the same size; prints ms, effective GB/s (5 tensor
+/// passes for a forward+backward, 2 for the copy) and the ratios. The last line is
+/// `gate_over_relu=<fused/relu>`. Returns 0; throws std::runtime_error on bad options.
+int run_gate_bench(const GateBenchOptions& options, std::ostream& out);
+
+}  // namespace autorep::layers

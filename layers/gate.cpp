@@ -1,0 +1,266 @@
+#include "layers/gate.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+#include <sstream>
+#include <type_traits>
+
+#include "layers/gate_function.h"
+
+namespace autorep::layers {
+namespace {
+
+std::string shape_string(c10::IntArrayRef s) {
+  std::ostringstream o;
+  o << s;
+  return o.str();
+}
+
+// Optimiser state is keyed by the TensorImpl address: a string in LibTorch 1.x, a void* in 2.x.
+template <typename Map>
+void erase_state(Map& state, const torch::Tensor& p) {
+  using Key = typename std::decay_t<Map>::key_type;
+  if constexpr (std::is_same_v<Key, std::string>) {
+    state.erase(c10::guts::to_string(p.unsafeGetTensorImpl()));
+  } else {
+    state.erase(static_cast<Key>(p.unsafeGetTensorImpl()));
+  }
+}
+
+}  // namespace
+
+DapaFit dapa_fit(const torch::Tensor& mean, const torch::Tensor& sigma, int64_t degree) {
+  TORCH_CHECK(degree == 1 || degree == 2, "dapa_fit: degree must be 1 or 2, got ", degree);
+  TORCH_CHECK((sigma > 0).all().item<bool>(), "dapa_fit: sigma must be positive");
+  const auto z = mean / sigma;
+  const auto pdf = torch::exp(-0.5 * z * z) / std::sqrt(2.0 * M_PI);
+  const auto cdf = 0.5 * torch::erfc(-z / std::sqrt(2.0));
+  DapaFit f;
+  if (degree == 2) {
+    f.w2 = pdf / (2 * sigma);
+    f.w1 = cdf - z * pdf;
+    f.w0 = sigma * pdf * (z * z + 1) / 2;
+  } else {
+    f.w2 = torch::zeros_like(mean);
+    f.w1 = cdf;
+    f.w0 = sigma * pdf;
+  }
+  return f;
+}
+
+GateImpl::GateImpl(GateOptions options) : options_(std::move(options)) { reset(); }
+
+void GateImpl::reset() {
+  const auto& s = options_.shape();
+  TORCH_CHECK(!s.empty(), "gate: shape must be the per-sample input shape {C,H,W} or {F}, got []");
+  for (auto d : s) TORCH_CHECK(d > 0, "gate: shape ", shape_string(s), " has a non-positive size");
+  const auto& g = options_.granularity();
+  TORCH_CHECK(g == "pixel" || g == "channel" || g == "layer", "gate: granularity '", g,
+              "' is not one of pixel, channel, layer");
+  TORCH_CHECK(options_.degree() == 1 || options_.degree() == 2, "gate: degree must be 1 or 2, got ",
+              options_.degree());
+  const auto& dp = options_.dapa();
+  TORCH_CHECK(dp.sigma() == "std" || dp.sigma() == "var", "gate: dapa.sigma '", dp.sigma(),
+              "' is not one of std, var");
+  TORCH_CHECK(dp.refit_every() >= 1, "gate: dapa.refit_every must be >= 1, got ", dp.refit_every());
+  TORCH_CHECK(dp.var_floor() > 0, "gate: dapa.var_floor must be > 0, got ", dp.var_floor());
+
+  const int64_t c = s[0];
+  std::vector<int64_t> mshape = g == "pixel" ? s : (g == "channel" ? std::vector<int64_t>{c}
+                                                                   : std::vector<int64_t>{1});
+  aux_ = register_parameter("aux", torch::rand(mshape));
+  mask_ = register_buffer("mask", torch::ones(mshape));
+  c0_ = register_parameter("c0", torch::zeros({c}));
+  c1_ = register_parameter("c1", torch::zeros({c}));
+  c2_ = register_parameter("c2", torch::zeros({c}), /*requires_grad=*/options_.degree() == 2);
+  running_mean_ = register_buffer("running_mean", torch::zeros({c}));
+  running_var_ = register_buffer("running_var", torch::ones({c}));
+  step_ = register_buffer("step", torch::zeros({}, torch::kLong));
+  step_cache_impl_ = nullptr;
+  refit();
+  if (frozen_) aux_.set_requires_grad(false);
+}
+
+int64_t GateImpl::step() const {
+  if (step_cache_impl_ != step_.unsafeGetTensorImpl() || step_cache_version_ != step_._version()) {
+    step_cache_ = step_.item<int64_t>();
+    step_cache_impl_ = step_.unsafeGetTensorImpl();
+    step_cache_version_ = step_._version();
+  }
+  return step_cache_;
+}
+
+void GateImpl::refit() {
+  torch::NoGradGuard no_grad;
+  const auto& dp = options_.dapa();
+  const auto mean = running_mean_.to(torch::kDouble);
+  const auto var = running_var_.to(torch::kDouble);
+  const double s1 = options_.scale1(), s2 = options_.scale2();
+  if (dp.sigma() == "std") {
+    // 1e-5 as in batch norm: a dead channel still gets a finite fit.
+    const auto f = dapa_fit(mean, var.clamp_min(1e-5).sqrt(), options_.degree());
+    c0_.copy_(f.w0);
+    c1_.copy_(f.w1 / s1);
+    c2_.copy_(f.w2 / s2);
+  } else {
+    const auto f = dapa_fit(mean, var.clamp_min(dp.var_floor()), options_.degree());
+    c0_.copy_(f.w0 / dp.w0_div());
+    c1_.copy_(f.w1 / s1);
+    c2_.copy_(f.w2 / dp.w2_div());
+  }
+}
+
+void GateImpl::update_running_stats(const torch::Tensor& moments, int64_t count) {
+  if (count < 2) return;
+  torch::NoGradGuard no_grad;
+  const auto m = moments.to(torch::kDouble);
+  const auto mean = m[0] / count;
+  // Unbiased batch variance, as batch norm keeps it.
+  const auto var = ((m[1] - m[0] * mean) / (count - 1)).clamp_min(0);
+  const double mom = options_.dapa().momentum();
+  running_mean_.mul_(1 - mom).add_(mean.to(running_mean_.options()), mom);
+  running_var_.mul_(1 - mom).add_(var.to(running_var_.options()), mom);
+}
+
+torch::Tensor GateImpl::forward(const torch::Tensor& x) {
+  const auto& s = options_.shape();
+  TORCH_CHECK(x.dim() == static_cast<int64_t>(s.size()) + 1 && x.sizes().slice(1) == c10::IntArrayRef(s),
+              "gate: input of shape ", x.sizes(), " has per-sample shape ",
+              (x.dim() >= 1 ? shape_string(x.sizes().slice(1)) : std::string("[]")),
+              " but this gate was built for per-sample shape ", shape_string(s));
+  const double s1 = options_.scale1(), s2 = options_.scale2();
+  const int64_t deg = options_.degree();
+  const auto aux = frozen_ ? aux_.detach() : aux_;
+  if (!is_training()) {
+    return options_.fused() ? gate_fused(x, aux, mask_, c0_, c1_, c2_, s1, s2, deg)
+                            : gate_composite(x, aux, mask_, c0_, c1_, c2_, s1, s2, deg);
+  }
+  const auto& dp = options_.dapa();
+  const int64_t k = step();
+  refitted_last_step_ = dp.enabled() && k > 0 && k < dp.refit_until() && k % dp.refit_every() == 0;
+  if (refitted_last_step_) {
+    refit();
+    ++refit_count_;
+  }
+  torch::Tensor y, moments;
+  if (options_.fused()) {
+    y = gate_fused(x, aux, mask_, c0_, c1_, c2_, s1, s2, deg, &moments);
+  } else {
+    y = gate_composite(x, aux, mask_, c0_, c1_, c2_, s1, s2, deg);
+    torch::NoGradGuard no_grad;
+    std::vector<int64_t> dims{0};
+    for (int64_t d = 2; d < x.dim(); ++d) dims.push_back(d);
+    const auto xd = x.detach().to(torch::kDouble);
+    moments = torch::stack({xd.sum(dims), (xd * xd).sum(dims)});
+  }
+  update_running_stats(moments, x.numel() / std::max<int64_t>(s[0], 1));
+  {
+    torch::NoGradGuard no_grad;
+    step_.add_(1);
+  }
+  return y;
+}
+
+void GateImpl::hysteresis_update(double threshold) {
+  if (frozen_) return;
+  torch::NoGradGuard no_grad;
+  const auto down = (aux_ > -threshold).to(mask_.scalar_type());
+  const auto up = (aux_ > threshold).to(mask_.scalar_type());
+  mask_.copy_(mask_ * down + (1 - mask_) * up);
+}
+
+void GateImpl::set_frozen(bool frozen) {
+  frozen_ = frozen;
+  aux_.set_requires_grad(!frozen);
+}
+
+std::vector<torch::Tensor> GateImpl::coefficients() const {
+  if (options_.degree() >= 2) return {c0_, c1_, c2_};
+  return {c0_, c1_};
+}
+
+int64_t GateImpl::total_relus() const {
+  int64_t n = 1;
+  for (auto d : options_.shape()) n *= d;
+  return n;
+}
+
+int64_t GateImpl::kept_relus() const {
+  const double kept = mask_.sum().item<double>();
+  const int64_t per = total_relus() / mask_.numel();  // elements one mask entry covers
+  return static_cast<int64_t>(std::llround(kept)) * per;
+}
+
+void GateImpl::pretty_print(std::ostream& stream) const {
+  stream << "autorep::layers::Gate(shape=" << shape_string(options_.shape())
+         << ", granularity=" << options_.granularity() << ", degree=" << options_.degree()
+         << ", dapa=" << (options_.dapa().enabled() ? options_.dapa().sigma() : std::string("off"))
+         << ")";
+}
+
+ActivationFactory gate_factory(GateOptions prototype) {
+  return [prototype](const std::string&, const std::vector<int64_t>& shape) {
+    GateOptions o = prototype;
+    o.shape(shape);
+    return torch::nn::AnyModule(Gate(o));
+  };
+}
+
+std::vector<std::shared_ptr<GateImpl>> gates(torch::nn::Module& model) {
+  std::vector<std::shared_ptr<GateImpl>> out;
+  if (auto* self = dynamic_cast<GateImpl*>(&model)) {
+    // The model itself is a gate: reach its shared_ptr when it has one.
+    try {
+      out.push_back(std::dynamic_pointer_cast<GateImpl>(self->shared_from_this()));
+    } catch (const std::bad_weak_ptr&) {
+      TORCH_CHECK(false, "gates(): a Gate must be held by a Gate holder / shared_ptr");
+    }
+  }
+  for (const auto& m : model.modules(/*include_self=*/false)) {
+    if (auto g = std::dynamic_pointer_cast<GateImpl>(m)) out.push_back(g);
+  }
+  return out;
+}
+
+void hysteresis_update(torch::nn::Module& model, double threshold) {
+  for (const auto& g : gates(model)) g->hysteresis_update(threshold);
+}
+
+void hysteresis_update(torch::nn::Module& model) {
+  for (const auto& g : gates(model)) g->hysteresis_update(g->options().threshold());
+}
+
+std::vector<torch::Tensor> aux_parameters(torch::nn::Module& model) {
+  std::vector<torch::Tensor> out;
+  for (const auto& g : gates(model)) out.push_back(g->aux());
+  return out;
+}
+
+std::vector<torch::Tensor> coefficient_parameters(torch::nn::Module& model) {
+  std::vector<torch::Tensor> out;
+  for (const auto& g : gates(model)) {
+    for (const auto& c : g->coefficients()) out.push_back(c);
+  }
+  return out;
+}
+
+std::vector<torch::Tensor> refitted_coefficients(torch::nn::Module& model) {
+  std::vector<torch::Tensor> out;
+  for (const auto& g : gates(model)) {
+    if (!g->refitted_last_step()) continue;
+    for (const auto& c : g->coefficients()) out.push_back(c);
+  }
+  return out;
+}
+
+void set_frozen(torch::nn::Module& model, bool frozen) {
+  for (const auto& g : gates(model)) g->set_frozen(frozen);
+}
+
+void reset_optimizer_state(torch::optim::Optimizer& optimizer, const std::vector<torch::Tensor>& params) {
+  auto& state = optimizer.state();
+  for (const auto& p : params) erase_state(state, p);
+}
+
+}  // namespace autorep::layers

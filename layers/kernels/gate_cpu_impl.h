@@ -1,0 +1,433 @@
+// The CPU gate kernels, written once and compiled twice by gate_cpu.cpp: for the baseline ISA
+// and, on x86-64 with GCC, under `#pragma GCC target("avx2,fma")`, chosen at run time.
+// Not a public header: gate_cpu.cpp defines AUTOREP_GATE_ISA (the namespace) and includes the
+// dependencies before it. No include guard on purpose.
+
+namespace AUTOREP_GATE_ISA {
+
+// Explicit 32-byte vectors (GCC/Clang vector extensions): the loops vectorise no matter what
+// the auto-vectoriser makes of the reductions, and the order of every sum is fixed.
+template <typename T>
+struct VecOf;
+template <>
+struct VecOf<float> {
+  typedef float type __attribute__((vector_size(32)));
+};
+template <>
+struct VecOf<double> {
+  typedef double type __attribute__((vector_size(32)));
+};
+
+template <typename V, typename T>
+inline __attribute__((always_inline)) void vload(V& v, const T* p) {
+  __builtin_memcpy(&v, p, sizeof(V));
+}
+template <typename V, typename T>
+inline __attribute__((always_inline)) void vstore(T* p, const V& v) {
+  __builtin_memcpy(p, &v, sizeof(V));
+}
+template <typename T, typename V>
+inline __attribute__((always_inline)) T hsum(const V& v) {
+  T s = 0;
+  for (size_t j = 0; j < sizeof(V) / sizeof(T); ++j) s += v[j];
+  return s;
+}
+
+// Linear (N×F) inputs: features per task, accumulated in stack arrays.
+constexpr int64_t kFeatureBlock = 256;
+
+// Work split of an N×C×P problem: batch blocks × channel chunks, about one task per thread.
+// Each task walks its rows in memory order (n outer, c inner), so every thread streams through
+// contiguous memory; sums are kept per batch block and reduced in a fixed order afterwards,
+// which makes results deterministic for a given thread count.
+struct Split {
+  int64_t batch_blocks = 1, channel_chunks = 1;
+  int64_t tasks() const { return batch_blocks * channel_chunks; }
+};
+
+inline Split split_of(const GateProblem& pr) {
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  Split s;
+  s.batch_blocks = std::clamp<int64_t>(threads, 1, std::max<int64_t>(pr.n, 1));
+  s.channel_chunks = std::clamp<int64_t>((threads + s.batch_blocks - 1) / s.batch_blocks, 1,
+                                         std::max<int64_t>(pr.c, 1));
+  return s;
+}
+
+inline void range_of(int64_t i, int64_t parts, int64_t total, int64_t* lo, int64_t* hi) {
+  *lo = i * total / parts;
+  *hi = (i + 1) * total / parts;
+}
+
+template <typename T>
+struct Poly {
+  T a, b, d;  // q(x) = a + b*x + d*x^2 with the scales folded in
+};
+
+template <typename T>
+inline Poly<T> poly_of(const GateProblem& pr, const T* c0, const T* c1, const T* c2, int64_t c) {
+  return {c0[c], static_cast<T>(pr.s1) * c1[c], pr.degree >= 2 ? static_cast<T>(pr.s2) * c2[c] : T(0)};
+}
+
+// ---- forward ----------------------------------------------------------------------------
+
+// One row of p elements with a per-element (PIXEL) or a scalar mask; adds sum(x) and sum(x^2)
+// to *sum / *sumsq when MOMENTS. y = m*relu + (1-m)*q keeps m = 1 exactly relu.
+template <typename T, bool PIXEL, bool MOMENTS>
+inline __attribute__((always_inline)) void forward_row(int64_t p, const T* __restrict__ x,
+                                                       const T* __restrict__ m, T m_scalar, Poly<T> q,
+                                                       T* __restrict__ y, double* sum, double* sumsq) {
+  using V = typename VecOf<T>::type;
+  constexpr int64_t W = sizeof(V) / sizeof(T);
+  const V zero = {};
+  const V one = zero + T(1), a = zero + q.a, b = zero + q.b, d = zero + q.d;
+  V mv = zero + m_scalar;
+  V vs = zero, vq = zero;
+  int64_t i = 0;
+  for (; i + W <= p; i += W) {
+    V xv;
+    vload(xv, x + i);
+    if constexpr (PIXEL) vload(mv, m + i);
+    const V r = xv > zero ? xv : zero;
+    const V qv = a + xv * (b + d * xv);
+    vstore(y + i, mv * r + (one - mv) * qv);
+    if constexpr (MOMENTS) {
+      vs += xv;
+      vq += xv * xv;
+    }
+  }
+  T s = 0, s2 = 0;
+  for (; i < p; ++i) {
+    const T xv = x[i];
+    const T ms = PIXEL ? m[i] : m_scalar;
+    const T r = xv > T(0) ? xv : T(0);
+    y[i] = ms * r + (T(1) - ms) * (q.a + xv * (q.b + q.d * xv));
+    s += xv;
+    s2 += xv * xv;
+  }
+  if constexpr (MOMENTS) {
+    *sum += static_cast<double>(hsum<T>(vs) + s);
+    *sumsq += static_cast<double>(hsum<T>(vq) + s2);
+  }
+}
+
+template <typename T, bool PIXEL, bool MOMENTS>
+void forward_conv(const GateProblem& pr, const T* x, const T* mask, const T* c0, const T* c1,
+                  const T* c2, T* y, double* moments) {
+  const int64_t C = pr.c, P = pr.p, N = pr.n;
+  if (!MOMENTS) {
+    // No sums: rows are independent, split them evenly in memory order.
+    const int64_t grain = std::max<int64_t>(1, 32768 / P);
+    at::parallel_for(0, N * C, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t c = r % C;
+        const T* m = PIXEL ? mask + c * P : nullptr;
+        const T ms = PIXEL ? T(0) : (pr.mask_numel == 1 ? mask[0] : mask[c]);
+        forward_row<T, PIXEL, false>(P, x + r * P, m, ms, poly_of(pr, c0, c1, c2, c), y + r * P,
+                                     nullptr, nullptr);
+      }
+    });
+    return;
+  }
+  const Split sp = split_of(pr);
+  const int64_t B = sp.batch_blocks;
+  std::vector<double> part(2 * B * C, 0.0);
+  at::parallel_for(0, sp.tasks(), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      int64_t n0, n1, ca, cb;
+      range_of(t / sp.channel_chunks, B, N, &n0, &n1);
+      range_of(t % sp.channel_chunks, sp.channel_chunks, C, &ca, &cb);
+      double* sums = part.data() + 2 * (t / sp.channel_chunks) * C;
+      for (int64_t n = n0; n < n1; ++n) {
+        for (int64_t c = ca; c < cb; ++c) {
+          const int64_t off = (n * C + c) * P;
+          const T* m = PIXEL ? mask + c * P : nullptr;
+          const T ms = PIXEL ? T(0) : (pr.mask_numel == 1 ? mask[0] : mask[c]);
+          forward_row<T, PIXEL, true>(P, x + off, m, ms, poly_of(pr, c0, c1, c2, c), y + off,
+                                      &sums[2 * c], &sums[2 * c + 1]);
+        }
+      }
+    }
+  });
+  for (int64_t c = 0; c < C; ++c) {
+    double s = 0, s2 = 0;
+    for (int64_t nb = 0; nb < B; ++nb) {
+      s += part[2 * (nb * C + c)];
+      s2 += part[2 * (nb * C + c) + 1];
+    }
+    moments[c] = s;
+    moments[C + c] = s2;
+  }
+}
+
+// N×F: the feature axis is the contiguous one, so per-feature coefficients, mask and sums are
+// arrays along the inner loop (elementwise, no cross-lane reduction).
+template <typename T>
+void forward_linear(const GateProblem& pr, const T* x, const T* mask, const T* c0, const T* c1,
+                    const T* c2, T* y, double* moments) {
+  const int64_t F = pr.c, N = pr.n;
+  const int64_t blocks = (F + kFeatureBlock - 1) / kFeatureBlock;
+  const bool layer = pr.mask_numel == 1 && F > 1;
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    T a[kFeatureBlock], b[kFeatureBlock], d[kFeatureBlock], m[kFeatureBlock];
+    double s[kFeatureBlock], s2[kFeatureBlock];
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t f0 = blk * kFeatureBlock, nf = std::min(kFeatureBlock, F - f0);
+      for (int64_t j = 0; j < nf; ++j) {
+        const Poly<T> q = poly_of(pr, c0, c1, c2, f0 + j);
+        a[j] = q.a, b[j] = q.b, d[j] = q.d;
+        m[j] = layer ? mask[0] : mask[f0 + j];
+        s[j] = 0, s2[j] = 0;
+      }
+      for (int64_t n = 0; n < N; ++n) {
+        const T* __restrict__ xr = x + n * F + f0;
+        T* __restrict__ yr = y + n * F + f0;
+        for (int64_t j = 0; j < nf; ++j) {
+          const T xv = xr[j];
+          const T r = xv > T(0) ? xv : T(0);
+          yr[j] = m[j] * r + (T(1) - m[j]) * (a[j] + xv * (b[j] + d[j] * xv));
+        }
+        if (moments) {
+          for (int64_t j = 0; j < nf; ++j) {
+            s[j] += xr[j];
+            s2[j] += double(xr[j]) * xr[j];
+          }
+        }
+      }
+      if (moments) {
+        for (int64_t j = 0; j < nf; ++j) {
+          moments[f0 + j] = s[j];
+          moments[F + f0 + j] = s2[j];
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+void forward_impl(const GateProblem& pr, const T* x, const T* mask, const T* c0, const T* c1,
+                  const T* c2, T* y, double* moments) {
+  if (pr.n * pr.c * pr.p == 0) {
+    for (int64_t i = 0; moments && i < 2 * pr.c; ++i) moments[i] = 0;
+    return;
+  }
+  if (pr.p == 1) return forward_linear(pr, x, mask, c0, c1, c2, y, moments);
+  const bool pixel = pr.mask_numel == pr.c * pr.p;
+  if (pixel && moments) return forward_conv<T, true, true>(pr, x, mask, c0, c1, c2, y, moments);
+  if (pixel) return forward_conv<T, true, false>(pr, x, mask, c0, c1, c2, y, moments);
+  if (moments) return forward_conv<T, false, true>(pr, x, mask, c0, c1, c2, y, moments);
+  return forward_conv<T, false, false>(pr, x, mask, c0, c1, c2, y, moments);
+}
+
+// ---- backward ---------------------------------------------------------------------------
+
+// Per-channel sums of one task: g*(relu-q) (the mask gradient of a channel/layer mask) and
+// g*(1-m)*{1, x, x^2} (coefficient gradients before the scales).
+struct ChannelSums {
+  double gm = 0, d0 = 0, d1 = 0, d2 = 0;
+};
+
+// One row: writes dx, adds g*(relu-q) into gm (PIXEL) or the channel sum, and the coefficient
+// sums. Partial sums stay in vector lanes for the row, then go to double.
+template <typename T, bool PIXEL>
+inline __attribute__((always_inline)) void backward_row(int64_t p, const T* __restrict__ x,
+                                                        const T* __restrict__ g,
+                                                        const T* __restrict__ m, T m_scalar,
+                                                        Poly<T> q, T* __restrict__ dx,
+                                                        T* __restrict__ gm, ChannelSums* sums) {
+  using V = typename VecOf<T>::type;
+  constexpr int64_t W = sizeof(V) / sizeof(T);
+  const V zero = {};
+  const V one = zero + T(1), a = zero + q.a, b = zero + q.b, d = zero + q.d;
+  const V two_d = d + d;
+  V mv = zero + m_scalar;
+  V vm = zero, v0 = zero, v1 = zero, v2 = zero;
+  int64_t i = 0;
+  for (; i + W <= p; i += W) {
+    V xv, gv;
+    vload(xv, x + i);
+    vload(gv, g + i);
+    if constexpr (PIXEL) vload(mv, m + i);
+    const V one_m = one - mv;
+    const V pos = xv > zero ? one : zero;
+    const V qv = a + xv * (b + d * xv);
+    vstore(dx + i, gv * (mv * pos + one_m * (b + two_d * xv)));
+    const V gmv = gv * (xv * pos - qv);
+    if constexpr (PIXEL) {
+      V acc;
+      vload(acc, gm + i);
+      vstore(gm + i, acc + gmv);
+    } else {
+      vm += gmv;
+    }
+    const V gq = gv * one_m;
+    v0 += gq;
+    v1 += gq * xv;
+    v2 += gq * xv * xv;
+  }
+  T sm = 0, s0 = 0, s1 = 0, s2 = 0;
+  for (; i < p; ++i) {
+    const T xv = x[i], gv = g[i];
+    const T ms = PIXEL ? m[i] : m_scalar;
+    const T one_m = T(1) - ms;
+    const T pos = xv > T(0) ? T(1) : T(0);
+    const T qv = q.a + xv * (q.b + q.d * xv);
+    dx[i] = gv * (ms * pos + one_m * (q.b + T(2) * q.d * xv));
+    const T gmv = gv * (xv * pos - qv);
+    if constexpr (PIXEL) {
+      gm[i] += gmv;
+    } else {
+      sm += gmv;
+    }
+    const T gq = gv * one_m;
+    s0 += gq;
+    s1 += gq * xv;
+    s2 += gq * xv * xv;
+  }
+  sums->gm += static_cast<double>(hsum<T>(vm) + sm);
+  sums->d0 += static_cast<double>(hsum<T>(v0) + s0);
+  sums->d1 += static_cast<double>(hsum<T>(v1) + s1);
+  sums->d2 += static_cast<double>(hsum<T>(v2) + s2);
+}
+
+template <typename T, bool PIXEL>
+void backward_conv(const GateProblem& pr, const T* x, const T* g, const T* mask, const T* c0,
+                   const T* c1, const T* c2, T* dx, T* g_mask, T* dc) {
+  const int64_t C = pr.c, P = pr.p, N = pr.n;
+  const Split sp = split_of(pr);
+  const int64_t B = sp.batch_blocks;
+  // Per-element mask gradients: batch block 0 accumulates into g_mask, blocks 1..B-1 into
+  // scratch (each C*P, small next to x), added in order at the end.
+  std::vector<T> gm_part(PIXEL ? (B - 1) * C * P : 0);
+  std::vector<ChannelSums> part(B * C);
+  at::parallel_for(0, sp.tasks(), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t nb = t / sp.channel_chunks;
+      int64_t n0, n1, ca, cb;
+      range_of(nb, B, N, &n0, &n1);
+      range_of(t % sp.channel_chunks, sp.channel_chunks, C, &ca, &cb);
+      T* gm = PIXEL ? (nb == 0 ? g_mask : gm_part.data() + (nb - 1) * C * P) : nullptr;
+      if (PIXEL) std::fill(gm + ca * P, gm + cb * P, T(0));
+      ChannelSums* sums = part.data() + nb * C;
+      for (int64_t n = n0; n < n1; ++n) {
+        for (int64_t c = ca; c < cb; ++c) {
+          const int64_t off = (n * C + c) * P;
+          const T* m = PIXEL ? mask + c * P : nullptr;
+          const T ms = PIXEL ? T(0) : (pr.mask_numel == 1 ? mask[0] : mask[c]);
+          backward_row<T, PIXEL>(P, x + off, g + off, m, ms, poly_of(pr, c0, c1, c2, c), dx + off,
+                                 PIXEL ? gm + c * P : nullptr, &sums[c]);
+        }
+      }
+    }
+  });
+  if (PIXEL && B > 1) {
+    at::parallel_for(0, C * P, 4096, [&](int64_t begin, int64_t end) {
+      for (int64_t nb = 1; nb < B; ++nb) {
+        const T* src = gm_part.data() + (nb - 1) * C * P;
+        for (int64_t i = begin; i < end; ++i) g_mask[i] += src[i];
+      }
+    });
+  }
+  double layer_gm = 0;
+  for (int64_t c = 0; c < C; ++c) {
+    ChannelSums s;
+    for (int64_t nb = 0; nb < B; ++nb) {
+      const ChannelSums& o = part[nb * C + c];
+      s.gm += o.gm, s.d0 += o.d0, s.d1 += o.d1, s.d2 += o.d2;
+    }
+    dc[c] = static_cast<T>(s.d0);
+    dc[C + c] = static_cast<T>(pr.s1 * s.d1);
+    dc[2 * C + c] = pr.degree >= 2 ? static_cast<T>(pr.s2 * s.d2) : T(0);
+    if (!PIXEL && pr.mask_numel == C) g_mask[c] = static_cast<T>(s.gm);
+    layer_gm += s.gm;
+  }
+  if (!PIXEL && pr.mask_numel == 1) g_mask[0] = static_cast<T>(layer_gm);
+}
+
+template <typename T>
+void backward_linear(const GateProblem& pr, const T* x, const T* g, const T* mask, const T* c0,
+                     const T* c1, const T* c2, T* dx, T* g_mask, T* dc) {
+  const int64_t F = pr.c, N = pr.n;
+  const int64_t blocks = (F + kFeatureBlock - 1) / kFeatureBlock;
+  const bool layer = pr.mask_numel == 1 && F > 1;
+  std::vector<T> gm_feature(layer ? F : 0);
+  T* gm_out = layer ? gm_feature.data() : g_mask;
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    T a[kFeatureBlock], b[kFeatureBlock], d[kFeatureBlock], m[kFeatureBlock];
+    T sm[kFeatureBlock], s0[kFeatureBlock], s1[kFeatureBlock], s2[kFeatureBlock];
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t f0 = blk * kFeatureBlock, nf = std::min(kFeatureBlock, F - f0);
+      for (int64_t j = 0; j < nf; ++j) {
+        const Poly<T> q = poly_of(pr, c0, c1, c2, f0 + j);
+        a[j] = q.a, b[j] = q.b, d[j] = q.d;
+        m[j] = layer ? mask[0] : mask[f0 + j];
+        sm[j] = s0[j] = s1[j] = s2[j] = T(0);
+      }
+      for (int64_t n = 0; n < N; ++n) {
+        const T* __restrict__ xr = x + n * F + f0;
+        const T* __restrict__ gr = g + n * F + f0;
+        T* __restrict__ dxr = dx + n * F + f0;
+        for (int64_t j = 0; j < nf; ++j) {
+          const T xv = xr[j], gv = gr[j];
+          const T one_m = T(1) - m[j];
+          const T pos = xv > T(0) ? T(1) : T(0);
+          const T qv = a[j] + xv * (b[j] + d[j] * xv);
+          dxr[j] = gv * (m[j] * pos + one_m * (b[j] + T(2) * d[j] * xv));
+          sm[j] += gv * (xv * pos - qv);
+          const T gq = gv * one_m;
+          s0[j] += gq;
+          s1[j] += gq * xv;
+          s2[j] += gq * xv * xv;
+        }
+      }
+      for (int64_t j = 0; j < nf; ++j) {
+        gm_out[f0 + j] = sm[j];
+        dc[f0 + j] = s0[j];
+        dc[F + f0 + j] = static_cast<T>(pr.s1) * s1[j];
+        dc[2 * F + f0 + j] = pr.degree >= 2 ? static_cast<T>(pr.s2) * s2[j] : T(0);
+      }
+    }
+  });
+  if (layer) {
+    double s = 0;
+    for (int64_t f = 0; f < F; ++f) s += gm_feature[f];
+    g_mask[0] = static_cast<T>(s);
+  }
+}
+
+template <typename T>
+void backward_impl(const GateProblem& pr, const T* x, const T* g, const T* mask, const T* c0,
+                   const T* c1, const T* c2, T* dx, T* g_mask, T* dc) {
+  if (pr.n * pr.c * pr.p == 0) {
+    std::fill(g_mask, g_mask + pr.mask_numel, T(0));
+    std::fill(dc, dc + 3 * pr.c, T(0));
+    return;
+  }
+  if (pr.p == 1) return backward_linear(pr, x, g, mask, c0, c1, c2, dx, g_mask, dc);
+  if (pr.mask_numel == pr.c * pr.p) {
+    return backward_conv<T, true>(pr, x, g, mask, c0, c1, c2, dx, g_mask, dc);
+  }
+  return backward_conv<T, false>(pr, x, g, mask, c0, c1, c2, dx, g_mask, dc);
+}
+
+// Non-template entry points of this ISA.
+inline void forward_f(const GateProblem& pr, const float* x, const float* mask, const float* c0,
+                      const float* c1, const float* c2, float* y, double* moments) {
+  forward_impl(pr, x, mask, c0, c1, c2, y, moments);
+}
+inline void forward_d(const GateProblem& pr, const double* x, const double* mask, const double* c0,
+                      const double* c1, const double* c2, double* y, double* moments) {
+  forward_impl(pr, x, mask, c0, c1, c2, y, moments);
+}
+inline void backward_f(const GateProblem& pr, const float* x, const float* g, const float* mask,
+                       const float* c0, const float* c1, const float* c2, float* dx, float* g_mask,
+                       float* dc) {
+  backward_impl(pr, x, g, mask, c0, c1, c2, dx, g_mask, dc);
+}
+inline void backward_d(const GateProblem& pr, const double* x, const double* g, const double* mask,
+                       const double* c0, const double* c1, const double* c2, double* dx,
+                       double* g_mask, double* dc) {
+  backward_impl(pr, x, g, mask, c0, c1, c2, dx, g_mask, dc);
+}
+
+}  // namespace AUTOREP_GATE_ISA

@@ -1,0 +1,78 @@
+#pragma once
+/// Raw kernels of the ReLU/polynomial gate (DESIGN §3). Plain C++: no torch headers, so the
+/// CUDA file compiles stand-alone with `nvcc -c`. The tensor glue lives in gate_function.cpp
+/// (CPU) and gate_cuda_dispatch.cpp (CUDA).
+///
+/// Layout: x is contiguous and viewed as [n, c, p]: p = H*W for N×C×H×W inputs, p = 1 for
+/// N×F inputs (then c = F). The mask has `mask_numel` elements: c*p (pixel granularity),
+/// c (channel) or 1 (layer). Coefficients c0, c1, c2 have c elements.
+///
+/// Forward:  y = m*relu(x) + (1-m)*q(x),  q(x) = c0 + s1*c1*x + s2*c2*x^2 (c2 ignored for degree 1).
+/// Backward, for dL/dy = g:
+///   dx            = g * (m*[x>0] + (1-m)*(s1*c1 + 2*s2*c2*x))
+///   g_mask        = sum over the batch (and over the positions the mask covers) of g*(relu(x)-q(x))
+///   dc0, dc1, dc2 = per channel sums of g*(1-m)*{1, s1*x, s2*x^2}
+
+#include <cstdint>
+
+namespace autorep::layers::kernels {
+
+/// Sizes and scalars of one gate call.
+struct GateProblem {
+  int64_t n = 0;           ///< batch size
+  int64_t c = 0;           ///< channels (or features)
+  int64_t p = 1;           ///< positions per channel (H*W; 1 for linear inputs)
+  int64_t mask_numel = 1;  ///< c*p (pixel), c (channel) or 1 (layer)
+  double s1 = 1.0;         ///< fixed scale of the linear term
+  double s2 = 0.1;         ///< fixed scale of the quadratic term
+  int degree = 2;          ///< 1 or 2
+};
+
+// ---- CPU (layers/kernels/gate_cpu.cpp), float and double ----------------------------------
+
+/// y[n*c*p] from x; when `moments` is not null it receives per-channel sum(x) in moments[0..c)
+/// and sum(x^2) in moments[c..2c) (accumulated in double, same pass over x).
+void gate_forward_cpu(const GateProblem& pr, const float* x, const float* mask, const float* c0,
+                      const float* c1, const float* c2, float* y, double* moments);
+void gate_forward_cpu(const GateProblem& pr, const double* x, const double* mask, const double* c0,
+                      const double* c1, const double* c2, double* y, double* moments);
+
+/// One pass over x and g: writes dx[n*c*p] (every element), g_mask[mask_numel] and
+/// dc[3*c] = (dc0, dc1, dc2) (dc2 is written as 0 for degree 1). Deterministic for a given
+/// number of threads (at::get_num_threads()): the order of every sum depends only on the sizes
+/// and the thread count.
+void gate_backward_cpu(const GateProblem& pr, const float* x, const float* g, const float* mask,
+                       const float* c0, const float* c1, const float* c2, float* dx, float* g_mask,
+                       float* dc);
+void gate_backward_cpu(const GateProblem& pr, const double* x, const double* g, const double* mask,
+                       const double* c0, const double* c1, const double* c2, double* dx,
+                       double* g_mask, double* dc);
+
+/// Instruction set the CPU kernels run with: "avx2" (x86-64 with AVX2+FMA, GCC builds) or
+/// "generic".
+const char* gate_cpu_isa();
+/// Force the generic CPU kernels (tests compare both code paths).
+void gate_cpu_force_generic(bool on);
+
+// ---- CUDA (layers/kernels/gate_cuda.cu) ------------------------------------------------------
+
+/// Element type of x, g, y and dx on the GPU. Mask and coefficients are float32; every sum
+/// accumulates in float32.
+enum class GateDtype { f32, f16, bf16 };
+
+/// Same contract as gate_forward_cpu; `moments` (2*c floats, device memory) may be null.
+/// Returns 0 or the cudaError_t of the launch.
+int gate_forward_cuda(const GateProblem& pr, GateDtype dt, const void* x, const float* mask,
+                      const float* c0, const float* c1, const float* c2, void* y, float* moments,
+                      void* stream);
+
+/// Same contract as gate_backward_cpu, all pointers device memory. `workspace` must hold
+/// gate_backward_cuda_workspace(pr) floats. Returns 0 or the cudaError_t of the launch.
+int gate_backward_cuda(const GateProblem& pr, GateDtype dt, const void* x, const void* g,
+                       const float* mask, const float* c0, const float* c1, const float* c2, void* dx,
+                       float* g_mask, float* dc, float* workspace, void* stream);
+
+/// Floats of scratch memory gate_backward_cuda needs for `pr`.
+int64_t gate_backward_cuda_workspace(const GateProblem& pr);
+
+}  // namespace autorep::layers::kernels

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs every Debian package autorep needs (idempotent, non-interactive) and builds it in
+# Release into build/. Usage: scripts/setup.sh [--no-build]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(
+  build-essential cmake ccache
+  libtorch-dev            # LibTorch 1.13 (CPU)
+  nlohmann-json3-dev      # JSON configs and exports
+  catch2                  # tests (v2 API)
+  libcli11-dev            # command line
+  zlib1g-dev              # .gz data files
+  libjpeg-dev             # image-folder data sets (libjpeg-turbo)
+  libopenblas0-pthread    # fast BLAS for LibTorch on CPU
+  libgloo-dev             # Gloo headers for multi-process training
+  dataset-fashion-mnist   # the real data set of the default runs
+  gnuplot-nox             # sweep plots
+  python3                 # acceptance-check helpers
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo_cmd apt-get update -qq
+  $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+  echo "setup: all packages present"
+fi
+
+[ "${1:-}" = "--no-build" ] && exit 0
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build build -j"$(nproc)"
+echo "setup: built build/autorep"

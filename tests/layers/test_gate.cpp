@@ -1,0 +1,559 @@
+#include <catch2/catch.hpp>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <sstream>
+
+#include "layers/gate.h"
+#include "layers/gate_function.h"
+#include "layers/kernels/gate_kernels.h"
+#include "layers/site.h"
+
+using namespace autorep::layers;
+
+namespace {
+
+struct GateInputs {
+  torch::Tensor x, aux, mask, c0, c1, c2, g;
+};
+
+std::vector<int64_t> mask_shape(const std::vector<int64_t>& xshape, const std::string& gran) {
+  if (gran == "pixel") return std::vector<int64_t>(xshape.begin() + 1, xshape.end());
+  if (gran == "channel") return {xshape[1]};
+  return {1};
+}
+
+GateInputs make_inputs(const std::vector<int64_t>& xshape, const std::string& gran,
+                       torch::Dtype dtype) {
+  const auto o = torch::TensorOptions().dtype(dtype);
+  const auto ms = mask_shape(xshape, gran);
+  const int64_t c = xshape[1];
+  GateInputs in;
+  in.x = torch::randn(xshape, o).requires_grad_(true);
+  in.aux = torch::randn(ms, o).requires_grad_(true);
+  in.mask = (torch::rand(ms, o) > 0.5).to(dtype);
+  in.mask.view(-1)[0] = 0;  // at least one polynomial entry (a layer mask is then all 0)
+  in.c0 = torch::randn({c}, o).requires_grad_(true);
+  in.c1 = torch::randn({c}, o).requires_grad_(true);
+  in.c2 = torch::randn({c}, o).requires_grad_(true);
+  in.g = torch::randn(xshape, o);
+  return in;
+}
+
+struct GateResult {
+  torch::Tensor y, dx, daux, dc0, dc1, dc2;
+};
+
+GateResult run_gate(const GateInputs& in, bool fused, int64_t degree, double s1 = 1.0, double s2 = 0.1) {
+  auto y = fused ? gate_fused(in.x, in.aux, in.mask, in.c0, in.c1, in.c2, s1, s2, degree)
+                 : gate_composite(in.x, in.aux, in.mask, in.c0, in.c1, in.c2, s1, s2, degree);
+  std::vector<torch::Tensor> wrt{in.x, in.aux, in.c0, in.c1};
+  if (degree == 2) wrt.push_back(in.c2);
+  auto grads = torch::autograd::grad({y}, wrt, {in.g}, /*retain_graph=*/false, /*create_graph=*/false,
+                                     /*allow_unused=*/true);
+  GateResult r{y.detach(), grads[0], grads[1], grads[2], grads[3], degree == 2 ? grads[4] : torch::Tensor()};
+  return r;
+}
+
+bool close(const torch::Tensor& a, const torch::Tensor& b, double rtol, double atol) {
+  if (!a.defined() || !b.defined()) return a.defined() == b.defined();
+  return a.sizes() == b.sizes() && torch::allclose(a, b, rtol, atol);
+}
+
+// Weights of a Gauss–Hermite-free quadrature: Simpson's rule for E[f(X)], X ~ N(mu, sigma^2),
+// over mu ± 12 sigma (the tail beyond is below 1e-30).
+double normal_expectation(double mu, double sigma, const std::function<double(double)>& f) {
+  const int n = 200000;  // even
+  const double a = mu - 12 * sigma, b = mu + 12 * sigma, h = (b - a) / n;
+  double s = 0;
+  for (int i = 0; i <= n; ++i) {
+    const double x = a + i * h;
+    const double w = (i == 0 || i == n) ? 1 : (i % 2 ? 4 : 2);
+    const double z = (x - mu) / sigma;
+    s += w * f(x) * std::exp(-0.5 * z * z) / (sigma * std::sqrt(2 * M_PI));
+  }
+  return s * h / 3;
+}
+
+}  // namespace
+
+TEST_CASE("fused gate matches the composite reference: outputs and every gradient", "[gate][fused]") {
+  torch::manual_seed(1);
+  const std::vector<std::vector<int64_t>> shapes = {
+      {3, 4, 5, 6},    // batch blocks > 1 (few channels)
+      {2, 64, 3, 3},   // one batch block per channel
+      {4, 2, 5, 7},    // positions not a multiple of the lane width
+      {2, 3, 8, 8},    // whole lane blocks
+      {5, 7},          // linear
+      {3, 300},        // linear, two feature blocks
+      {1, 1, 1, 1}};
+  for (auto dtype : {torch::kDouble, torch::kFloat}) {
+    const double rtol = dtype == torch::kDouble ? 1e-6 : 1e-4;
+    const double atol = dtype == torch::kDouble ? 1e-9 : 1e-4;
+    for (const auto& shape : shapes) {
+      for (std::string gran : {"pixel", "channel", "layer"}) {
+        for (int64_t degree : {1, 2}) {
+          CAPTURE(shape, gran, degree, dtype);
+          const auto in = make_inputs(shape, gran, dtype);
+          const auto f = run_gate(in, true, degree, 0.7, 0.3);
+          const auto c = run_gate(in, false, degree, 0.7, 0.3);
+          CHECK(close(f.y, c.y, rtol, atol));
+          CHECK(close(f.dx, c.dx, rtol, atol));
+          CHECK(close(f.daux, c.daux, rtol, atol));
+          CHECK(close(f.dc0, c.dc0, rtol, atol));
+          CHECK(close(f.dc1, c.dc1, rtol, atol));
+          CHECK(close(f.dc2, c.dc2, rtol, atol));
+          // The polynomial part must matter for this to mean anything.
+          CHECK_FALSE(torch::allclose(f.y, torch::relu(in.x.detach())));
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("every CPU code path (ISA, thread count) gives the composite's results", "[gate][fused]") {
+  torch::manual_seed(11);
+  const int threads = torch::get_num_threads();
+  for (bool generic : {false, true}) {
+    for (int t : {1, 3}) {
+      kernels::gate_cpu_force_generic(generic);
+      torch::set_num_threads(t);
+      for (std::vector<int64_t> shape : {std::vector<int64_t>{5, 4, 3, 7}, std::vector<int64_t>{2, 5, 6, 6},
+                                         std::vector<int64_t>{1, 3, 9, 9}, std::vector<int64_t>{4, 37}}) {
+        for (std::string gran : {"pixel", "channel", "layer"}) {
+          CAPTURE(generic, t, shape, gran, kernels::gate_cpu_isa());
+          const auto in = make_inputs(shape, gran, torch::kDouble);
+          torch::Tensor moments;
+          auto y = gate_fused(in.x, in.aux, in.mask, in.c0, in.c1, in.c2, 1.0, 0.1, 2, &moments);
+          const auto f = run_gate(in, true, 2);
+          const auto c = run_gate(in, false, 2);
+          CHECK(close(f.y, c.y, 1e-6, 1e-9));
+          CHECK(close(f.dx, c.dx, 1e-6, 1e-9));
+          CHECK(close(f.daux, c.daux, 1e-6, 1e-9));
+          CHECK(close(f.dc0, c.dc0, 1e-6, 1e-9));
+          CHECK(close(f.dc1, c.dc1, 1e-6, 1e-9));
+          CHECK(close(f.dc2, c.dc2, 1e-6, 1e-9));
+          std::vector<int64_t> dims{0};
+          for (size_t d = 2; d < shape.size(); ++d) dims.push_back(static_cast<int64_t>(d));
+          CHECK(torch::allclose(moments[0], in.x.detach().sum(dims), 1e-9, 1e-9));
+        }
+      }
+    }
+  }
+  kernels::gate_cpu_force_generic(false);
+  torch::set_num_threads(threads);
+}
+
+TEST_CASE("STE gradient of aux is softplus(aux) * sum_batch (relu(x) - p(x)) * dL/dy", "[gate][ste]") {
+  torch::manual_seed(2);
+  const auto in = make_inputs({4, 3, 2, 5}, "pixel", torch::kDouble);
+  const double s1 = 1.0, s2 = 0.1;
+  const auto r = run_gate(in, true, 2, s1, s2);
+  const auto x = in.x.detach();
+  const auto v = [](const torch::Tensor& t) { return t.detach().view({1, 3, 1, 1}); };
+  const auto p = v(in.c0) + s1 * v(in.c1) * x + s2 * v(in.c2) * x * x;
+  const auto expected = torch::softplus(in.aux.detach()) * ((torch::relu(x) - p) * in.g).sum(0);
+  CHECK(torch::allclose(r.daux, expected, 1e-10, 1e-12));
+  // The STE derivative of a channel mask also sums over positions.
+  const auto inc = make_inputs({4, 3, 2, 5}, "channel", torch::kDouble);
+  const auto rc = run_gate(inc, true, 2, s1, s2);
+  const auto xc = inc.x.detach();
+  const auto pc = v(inc.c0) + s1 * v(inc.c1) * xc + s2 * v(inc.c2) * xc * xc;
+  const auto expected_c = torch::softplus(inc.aux.detach()) * ((torch::relu(xc) - pc) * inc.g).sum({0, 2, 3});
+  CHECK(torch::allclose(rc.daux, expected_c, 1e-10, 1e-12));
+}
+
+TEST_CASE("composite and fused gates agree with central differences away from the kink", "[gate][gradcheck]") {
+  torch::manual_seed(3);
+  for (bool fused : {false, true}) {
+    for (std::string gran : {"pixel", "channel", "layer"}) {
+      CAPTURE(fused, gran);
+      auto in = make_inputs({2, 3, 2, 2}, gran, torch::kDouble);
+      {
+        torch::NoGradGuard ng;
+        // keep |x| > 0.05 so that +-eps never crosses the ReLU kink
+        in.x.copy_(torch::sign(in.x) * (in.x.abs() + 0.05));
+        if (gran == "layer") in.mask.fill_(0);
+        if (gran == "pixel") in.mask.copy_(torch::arange(12).view({3, 2, 2}).remainder(2).to(torch::kDouble));
+      }
+      const auto w = torch::randn(in.x.sizes(), torch::kDouble);
+      auto loss = [&](const torch::Tensor& x, const torch::Tensor& c0, const torch::Tensor& c1,
+                      const torch::Tensor& c2) {
+        auto y = fused ? gate_fused(x, in.aux, in.mask, c0, c1, c2, 0.9, 0.2, 2)
+                       : gate_composite(x, in.aux, in.mask, c0, c1, c2, 0.9, 0.2, 2);
+        return (y * w).sum();
+      };
+      const auto grads = torch::autograd::grad({loss(in.x, in.c0, in.c1, in.c2)}, {in.x, in.c0, in.c1, in.c2});
+      const double eps = 1e-6;
+      torch::NoGradGuard ng;
+      std::vector<torch::Tensor> vars{in.x.detach().clone(), in.c0.detach().clone(), in.c1.detach().clone(),
+                                      in.c2.detach().clone()};
+      for (size_t k = 0; k < vars.size(); ++k) {
+        auto flat = vars[k].view(-1);
+        auto fd = torch::empty_like(flat);
+        for (int64_t i = 0; i < flat.numel(); ++i) {
+          const double orig = flat[i].item<double>();
+          flat[i] = orig + eps;
+          const double lp = loss(vars[0], vars[1], vars[2], vars[3]).item<double>();
+          flat[i] = orig - eps;
+          const double lm = loss(vars[0], vars[1], vars[2], vars[3]).item<double>();
+          flat[i] = orig;
+          fd[i] = (lp - lm) / (2 * eps);
+        }
+        CAPTURE(k);
+        CHECK(torch::allclose(grads[k].view(-1), fd, 1e-5, 1e-7));
+      }
+    }
+  }
+}
+
+TEST_CASE("fused gate refuses double backward", "[gate][fused]") {
+  const auto in = make_inputs({2, 3, 4, 4}, "pixel", torch::kDouble);
+  auto y = gate_fused(in.x, in.aux, in.mask, in.c0, in.c1, in.c2, 1.0, 0.1, 2);
+  CHECK_THROWS_WITH(torch::autograd::grad({y.sum()}, {in.x}, {}, true, /*create_graph=*/true),
+                    Catch::Contains("double backward"));
+}
+
+TEST_CASE("fused forward returns per-channel moments of x from the same pass", "[gate][fused]") {
+  torch::manual_seed(4);
+  for (std::vector<int64_t> shape : {std::vector<int64_t>{5, 3, 4, 7}, std::vector<int64_t>{6, 9}}) {
+    const auto in = make_inputs(shape, "pixel", torch::kFloat);
+    torch::Tensor moments;
+    gate_fused(in.x, in.aux, in.mask, in.c0, in.c1, in.c2, 1.0, 0.1, 2, &moments);
+    std::vector<int64_t> dims{0};
+    for (size_t d = 2; d < shape.size(); ++d) dims.push_back(static_cast<int64_t>(d));
+    const auto xd = in.x.detach().to(torch::kDouble);
+    REQUIRE(moments.sizes() == torch::IntArrayRef({2, shape[1]}));
+    CHECK(torch::allclose(moments[0], xd.sum(dims), 1e-5, 1e-4));
+    CHECK(torch::allclose(moments[1], (xd * xd).sum(dims), 1e-5, 1e-4));
+  }
+}
+
+TEST_CASE("hysteresis: a kept ReLU drops only below -t, a dropped one returns only above +t", "[gate][hysteresis]") {
+  const double t = 0.003;
+  const std::vector<double> aux_values{-1.0, -0.0031, -0.003, -0.002, 0.0, 0.002, 0.003, 0.0031, 1.0};
+  const int64_t k = static_cast<int64_t>(aux_values.size());
+  torch::nn::Sequential model(Gate(GateOptions({2 * k})), torch::nn::Identity());
+  auto gate = gates(*model).at(0);
+  {
+    torch::NoGradGuard ng;
+    auto aux = torch::tensor(aux_values, torch::kFloat);
+    gate->aux().copy_(torch::cat({aux, aux}));
+    gate->mask().copy_(torch::cat({torch::ones({k}), torch::zeros({k})}));
+  }
+  hysteresis_update(*model, t);
+  const auto m = gate->mask();
+  for (int64_t i = 0; i < k; ++i) {
+    const float a = static_cast<float>(aux_values[i]);
+    CAPTURE(aux_values[i]);
+    CHECK(m[i].item<float>() == (a > -static_cast<float>(t) ? 1.f : 0.f));       // was kept
+    CHECK(m[k + i].item<float>() == (a > static_cast<float>(t) ? 1.f : 0.f));     // was dropped
+  }
+  CHECK(m[0].item<float>() == 0.f);
+  CHECK(m[3].item<float>() == 1.f);   // -0.002 within the band: stays kept
+  CHECK(m[k + 5].item<float>() == 0.f);  // +0.002 within the band: stays dropped
+  CHECK(m[k + 8].item<float>() == 1.f);
+
+  // Frozen masks do not move.
+  const auto before = m.clone();
+  {
+    torch::NoGradGuard ng;
+    gate->aux().fill_(-1);
+  }
+  set_frozen(*model, true);
+  hysteresis_update(*model);
+  CHECK(torch::equal(gate->mask(), before));
+  set_frozen(*model, false);
+  hysteresis_update(*model);
+  CHECK(gate->mask().sum().item<float>() == 0.f);
+}
+
+TEST_CASE("DaPa closed form is the least-squares fit of relu under N(mu, sigma^2)", "[gate][dapa]") {
+  const std::vector<std::pair<double, double>> cases{{0.0, 1.0}, {1.0, 0.5}, {-1.0, 2.0}, {0.3, 3.0}, {-2.0, 0.7}};
+  for (auto [mu, sigma] : cases) {
+    for (int64_t degree : {1, 2}) {
+      CAPTURE(mu, sigma, degree);
+      const int k = static_cast<int>(degree) + 1;
+      // Normal equations: E[x^i x^j] w = E[relu(x) x^i].
+      auto gram = torch::empty({k, k}, torch::kDouble);
+      auto rhs = torch::empty({k, 1}, torch::kDouble);
+      for (int i = 0; i < k; ++i) {
+        for (int j = 0; j < k; ++j) {
+          gram[i][j] = normal_expectation(mu, sigma, [&](double x) { return std::pow(x, i + j); });
+        }
+        rhs[i][0] = normal_expectation(mu, sigma, [&](double x) { return std::max(x, 0.0) * std::pow(x, i); });
+      }
+      const auto w = torch::linalg_solve(gram, rhs).view(-1);
+      const auto f = dapa_fit(torch::tensor({mu}, torch::kDouble), torch::tensor({sigma}, torch::kDouble), degree);
+      CHECK(f.w0.item<double>() == Approx(w[0].item<double>()).epsilon(1e-7).margin(1e-9));
+      CHECK(f.w1.item<double>() == Approx(w[1].item<double>()).epsilon(1e-7).margin(1e-9));
+      CHECK(f.w2.item<double>() == Approx(degree == 2 ? w[2].item<double>() : 0.0).epsilon(1e-7).margin(1e-9));
+    }
+  }
+}
+
+TEST_CASE("DaPa refit stores exact coefficients (std) or the reference's scaled ones (var)", "[gate][dapa]") {
+  GateOptions o({2, 3, 3});
+  o.scale1(0.5).scale2(0.2);
+  Gate std_gate(o);
+  o.dapa().sigma("var").var_floor(0.5).w0_div(5).w2_div(10);
+  Gate var_gate(o);
+  const auto mean = torch::tensor({0.4, -1.2});
+  const auto var = torch::tensor({2.0, 0.1});
+  for (Gate* g : {&std_gate, &var_gate}) {
+    torch::NoGradGuard ng;
+    (*g)->running_mean().copy_(mean);
+    (*g)->running_var().copy_(var);
+    (*g)->refit();
+  }
+  const auto md = mean.to(torch::kDouble), vd = var.to(torch::kDouble);
+  const auto fs = dapa_fit(md, vd.sqrt(), 2);
+  CHECK(torch::allclose(std_gate->c0().to(torch::kDouble), fs.w0, 1e-5, 1e-7));
+  CHECK(torch::allclose(0.5 * std_gate->c1().to(torch::kDouble), fs.w1, 1e-5, 1e-7));
+  CHECK(torch::allclose(0.2 * std_gate->c2().to(torch::kDouble), fs.w2, 1e-5, 1e-7));
+  const auto fv = dapa_fit(md, vd.clamp_min(0.5), 2);
+  CHECK(torch::allclose(var_gate->c0().to(torch::kDouble), fv.w0 / 5, 1e-5, 1e-7));
+  CHECK(torch::allclose(var_gate->c1().to(torch::kDouble), fv.w1 / 0.5, 1e-5, 1e-7));
+  CHECK(torch::allclose(var_gate->c2().to(torch::kDouble), fv.w2 / 10, 1e-5, 1e-7));
+
+  // The initial coefficients are the fit of N(0, 1).
+  Gate fresh(GateOptions({3}));
+  const auto f01 = dapa_fit(torch::zeros({3}, torch::kDouble), torch::ones({3}, torch::kDouble), 2);
+  CHECK(torch::allclose(fresh->c0().to(torch::kDouble), f01.w0, 1e-6, 1e-7));
+  CHECK(torch::allclose(0.1 * fresh->c2().to(torch::kDouble), f01.w2, 1e-6, 1e-7));
+}
+
+TEST_CASE("running statistics and the step counter move only in training mode", "[gate][dapa]") {
+  torch::manual_seed(5);
+  for (bool fused : {true, false}) {
+    CAPTURE(fused);
+    GateOptions o({3, 4, 4});
+    o.fused(fused);
+    Gate gate(o);
+    const auto x = torch::randn({6, 3, 4, 4}) * 2 + 1;
+    gate->eval();
+    gate->forward(x);
+    CHECK(torch::equal(gate->running_mean(), torch::zeros({3})));
+    CHECK(torch::equal(gate->running_var(), torch::ones({3})));
+    CHECK(gate->step() == 0);
+    gate->train();
+    gate->forward(x);
+    const auto xd = x.to(torch::kDouble);
+    const auto bm = xd.mean({0, 2, 3});
+    const auto bv = xd.var({0, 2, 3}, /*unbiased=*/true);
+    CHECK(torch::allclose(gate->running_mean().to(torch::kDouble), 0.1 * bm, 1e-5, 1e-6));
+    CHECK(torch::allclose(gate->running_var().to(torch::kDouble), 0.9 + 0.1 * bv, 1e-5, 1e-6));
+    CHECK(gate->step() == 1);
+  }
+}
+
+TEST_CASE("DaPa refits on schedule, before the step's graph, and optimiser state can be reset", "[gate][dapa]") {
+  torch::manual_seed(6);
+  GateOptions o({2, 3, 3});
+  o.dapa().refit_every(2).refit_until(5);
+  Gate gate(o);
+  gate->train();
+  torch::optim::Adam opt(coefficient_parameters(*gate), torch::optim::AdamOptions(1e-2));
+  std::vector<int64_t> refit_steps;
+  for (int64_t k = 0; k < 7; ++k) {
+    const auto mean_before = gate->running_mean().clone();
+    const auto var_before = gate->running_var().clone();
+    opt.zero_grad();
+    auto y = gate->forward(torch::randn({4, 2, 3, 3}) * 3 + 2);
+    if (gate->refitted_last_step()) {
+      refit_steps.push_back(k);
+      const auto f = dapa_fit(mean_before.to(torch::kDouble), var_before.to(torch::kDouble).sqrt(), 2);
+      CHECK(torch::allclose(gate->c1().to(torch::kDouble), f.w1, 1e-5, 1e-6));
+      REQUIRE(refitted_coefficients(*gate).size() == 3);
+      const auto n_before = opt.state().size();
+      reset_optimizer_state(opt, refitted_coefficients(*gate));
+      CHECK(opt.state().size() + 3 == n_before);
+    } else {
+      CHECK(refitted_coefficients(*gate).empty());
+    }
+    y.square().sum().backward();  // must not trip over the refit (no in-place change after use)
+    opt.step();
+    CHECK(opt.state().size() == 3);
+  }
+  CHECK((refit_steps == std::vector<int64_t>{2, 4}));
+  CHECK(gate->refit_count() == 2);
+  CHECK(gate->step() == 7);
+}
+
+TEST_CASE("save/load keeps masks, aux, coefficients, running statistics and the step", "[gate][serialize]") {
+  torch::manual_seed(7);
+  auto make = [] {
+    GateOptions a({3, 4, 4});
+    GateOptions b({3});
+    b.granularity("channel");
+    return torch::nn::Sequential(Gate(a), torch::nn::Flatten(), torch::nn::Linear(48, 3), Gate(b));
+  };
+  auto model = make();
+  model->train();
+  for (int i = 0; i < 3; ++i) model->forward(torch::randn({5, 3, 4, 4}) + 0.5);
+  {
+    torch::NoGradGuard ng;
+    for (const auto& g : gates(*model)) {
+      g->mask().copy_(torch::rand_like(g->mask()) > 0.5);
+      g->aux().normal_();
+      g->c0().normal_();
+      g->c2().normal_();
+    }
+  }
+  std::stringstream buf;
+  torch::save(model, buf);
+  auto loaded = make();
+  torch::load(loaded, buf);
+  const auto a = model->named_buffers(), b = loaded->named_buffers();
+  REQUIRE(a.size() == b.size());
+  REQUIRE(a.size() == 2 * 4);  // mask, running_mean, running_var, step per gate
+  for (const auto& item : a) {
+    CAPTURE(item.key());
+    CHECK(torch::equal(item.value(), b[item.key()]));
+  }
+  for (const auto& item : model->named_parameters()) {
+    CAPTURE(item.key());
+    CHECK(torch::equal(item.value(), loaded->named_parameters()[item.key()]));
+  }
+  const auto ga = gates(*model), gb = gates(*loaded);
+  REQUIRE(gb.size() == 2);
+  CHECK(gb[0]->step() == 3);
+  CHECK(gb[0]->kept_relus() == ga[0]->kept_relus());
+  CHECK_FALSE(torch::equal(gb[0]->running_mean(), torch::zeros({3})));
+}
+
+namespace {
+// A tiny model built from an activation factory, as the models of trainer/ are.
+struct TinyNetImpl : torch::nn::Module {
+  TinyNetImpl(const ActivationFactory& act) {
+    conv = register_module("conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(3, 4, 3).padding(1)));
+    act1 = act("act1", {4, 6, 6});
+    register_module("act1", act1.ptr());
+    fc = register_module("fc", torch::nn::Linear(4 * 36, 5));
+    act2 = act("act2", {5});
+    register_module("act2", act2.ptr());
+  }
+  torch::Tensor forward(const torch::Tensor& x) {
+    auto h = act1.forward(conv->forward(x)).flatten(1);
+    return act2.forward(fc->forward(h));
+  }
+  torch::nn::Conv2d conv{nullptr};
+  torch::nn::Linear fc{nullptr};
+  torch::nn::AnyModule act1, act2;
+};
+TORCH_MODULE(TinyNet);
+}  // namespace
+
+TEST_CASE("a gated model with every mask 1 gives exactly the plain ReLU model's outputs", "[gate]") {
+  torch::manual_seed(8);
+  TinyNet plain(relu_factory());
+  for (std::string gran : {"pixel", "channel", "layer"}) {
+    for (bool fused : {true, false}) {
+      CAPTURE(gran, fused);
+      GateOptions proto;
+      proto.granularity(gran).fused(fused);
+      TinyNet gated(gate_factory(proto));
+      {
+        torch::NoGradGuard ng;
+        gated->conv->weight.copy_(plain->conv->weight);
+        gated->conv->bias.copy_(plain->conv->bias);
+        gated->fc->weight.copy_(plain->fc->weight);
+        gated->fc->bias.copy_(plain->fc->bias);
+      }
+      const auto x = torch::randn({4, 3, 6, 6});
+      for (bool train : {false, true}) {
+        gated->train(train);
+        CHECK(torch::equal(gated->forward(x), plain->forward(x)));
+      }
+      CHECK(gates(*gated).size() == 2);
+      CHECK(aux_parameters(*gated).size() == 2);
+      CHECK(coefficient_parameters(*gated).size() == 6);
+    }
+  }
+  Gate g(GateOptions({4, 3, 3}));
+  const auto x = torch::randn({2, 4, 3, 3}, torch::kDouble);
+  CHECK(torch::equal(g->forward(x), torch::relu(x)));
+}
+
+TEST_CASE("a mask of zeros gives the polynomial", "[gate]") {
+  Gate g(GateOptions({2, 3}).granularity("layer").scale2(0.5));
+  {
+    torch::NoGradGuard ng;
+    g->mask().zero_();
+    g->c0().copy_(torch::tensor({1.f, 2.f}));
+    g->c1().copy_(torch::tensor({3.f, 4.f}));
+    g->c2().copy_(torch::tensor({5.f, 6.f}));
+  }
+  g->eval();
+  const auto x = torch::randn({3, 2, 3});
+  const auto c = [](float a, float b) { return torch::tensor({a, b}).view({1, 2, 1}); };
+  CHECK(torch::allclose(g->forward(x), c(1, 2) + c(3, 4) * x + 0.5 * c(5, 6) * x * x));
+}
+
+TEST_CASE("a wrong input shape is a clear error", "[gate]") {
+  Gate g(GateOptions({4, 3, 3}));
+  CHECK_THROWS_WITH(g->forward(torch::randn({2, 4, 3, 4})), Catch::Contains("per-sample shape [4, 3, 3]"));
+  CHECK_THROWS_WITH(g->forward(torch::randn({2, 36})), Catch::Contains("per-sample shape"));
+  CHECK_THROWS_WITH(Gate(GateOptions({4}).granularity("row")), Catch::Contains("granularity 'row'"));
+  CHECK_THROWS_WITH(Gate(GateOptions({4}).degree(3)), Catch::Contains("degree"));
+  GateOptions bad_sigma({4});
+  bad_sigma.dapa().sigma("mad");
+  CHECK_THROWS_WITH(Gate(bad_sigma), Catch::Contains("dapa.sigma 'mad'"));
+}
+
+TEST_CASE("kept_relus counts ReLU elements at every granularity", "[gate][count]") {
+  torch::NoGradGuard ng;
+  Gate pixel(GateOptions({4, 3, 5}));
+  CHECK(pixel->total_relus() == 60);
+  CHECK(pixel->kept_relus() == 60);
+  pixel->mask().view(-1).narrow(0, 10, 7).zero_();
+  CHECK(pixel->kept_relus() == 53);
+
+  Gate channel(GateOptions({4, 3, 5}).granularity("channel"));
+  CHECK(channel->mask().sizes() == torch::IntArrayRef({4}));
+  channel->mask()[1] = 0;
+  CHECK(channel->kept_relus() == 45);
+  CHECK(channel->total_relus() == 60);
+
+  Gate layer(GateOptions({4, 3, 5}).granularity("layer"));
+  CHECK(layer->mask().sizes() == torch::IntArrayRef({1}));
+  CHECK(layer->kept_relus() == 60);
+  layer->mask().zero_();
+  CHECK(layer->kept_relus() == 0);
+
+  Gate linear(GateOptions({7}));
+  linear->mask()[2] = 0;
+  CHECK(linear->kept_relus() == 6);
+  std::vector<Site> sites{{"a", {4, 3, 5}, pixel.ptr()}, {"b", {7}, linear.ptr()}};
+  CHECK(kept_relus(sites) == 59);
+  CHECK(total_relus(sites) == 67);
+}
+
+TEST_CASE("gate_factory builds a gate of the site's shape from the prototype", "[gate]") {
+  GateOptions proto;
+  proto.granularity("channel").degree(1).threshold(0.01);
+  auto m = gate_factory(proto)("layer1.0.act1", {8, 4, 4});
+  auto g = std::dynamic_pointer_cast<GateImpl>(m.ptr());
+  REQUIRE(g != nullptr);
+  CHECK((g->options().shape() == std::vector<int64_t>{8, 4, 4}));
+  CHECK(g->aux().sizes() == torch::IntArrayRef({8}));
+  CHECK(g->options().degree() == 1);
+  CHECK(g->coefficients().size() == 2);
+  CHECK_FALSE(g->c2().requires_grad());
+  CHECK(g->total_relus() == 128);
+}
+
+TEST_CASE("frozen gates give aux no gradient", "[gate]") {
+  Gate g(GateOptions({2, 2, 2}));
+  {
+    torch::NoGradGuard ng;
+    g->mask().zero_();
+  }
+  g->forward(torch::randn({3, 2, 2, 2})).sum().backward();
+  CHECK(g->aux().grad().defined());
+  g->aux().mutable_grad() = torch::Tensor();
+  g->set_frozen(true);
+  g->forward(torch::randn({3, 2, 2, 2})).sum().backward();
+  CHECK_FALSE(g->aux().grad().defined());
+  CHECK(g->c0().grad().defined());
+}

@@ -1,0 +1,60 @@
+#include <catch2/catch.hpp>
+
+#include <filesystem>
+
+#include "trainer/config.h"
+
+using namespace autorep::trainer;
+using nlohmann::json;
+
+TEST_CASE("defaults resolve and round-trip through JSON", "[config]") {
+  const Config c = config_from_json(json::object());
+  CHECK(c.method == "baseline");
+  CHECK(c.data.name == "fashion-mnist");
+  const Config again = config_from_json(to_json(c));
+  CHECK(to_json(again) == to_json(c));
+}
+
+TEST_CASE("unknown keys and wrong types name the key path", "[config]") {
+  CHECK_THROWS_WITH(config_from_json(json{{"optim", {{"learning_rat", 0.1}}}}, "c.json"),
+                    Catch::Contains("c.json: optim.learning_rat: unknown key"));
+  CHECK_THROWS_WITH(config_from_json(json{{"optim", {{"lr", "fast"}}}}),
+                    Catch::Contains("optim.lr: expected number, got \"fast\""));
+  CHECK_THROWS_WITH(config_from_json(json{{"train", {{"epochs", 1.5}}}}),
+                    Catch::Contains("train.epochs: expected integer"));
+  CHECK_THROWS_WITH(config_from_json(json{{"optim", 3}}), Catch::Contains("optim: expected an object"));
+  CHECK_THROWS_WITH(config_from_json(json{{"method", "magic"}}), Catch::Contains("method: expected one of"));
+  CHECK_THROWS_WITH(config_from_json(json{{"gate", {{"granularity", "row"}}}}),
+                    Catch::Contains("gate.granularity"));
+  CHECK_THROWS_WITH(config_from_json(json{{"search", {{"budget", true}}}}), Catch::Contains("search.budget"));
+  CHECK_THROWS_WITH(config_from_json(json{{"train", {{"epochs", 0}}}}), Catch::Contains("train.epochs"));
+}
+
+TEST_CASE("--set overrides any key, parsing JSON values and falling back to strings", "[config]") {
+  json user = json::object();
+  apply_override(user, "optim.lr=0.05");
+  apply_override(user, "data.path=/tmp/some data");
+  apply_override(user, "search.budget=\"2%\"");
+  apply_override(user, "search.budget_unused_check=1");
+  user["search"].erase("budget_unused_check");
+  apply_override(user, "optim.nesterov=true");
+  const Config c = config_from_json(user);
+  CHECK(c.optim.lr == 0.05);
+  CHECK(c.data.path == "/tmp/some data");
+  CHECK(c.search.budget == "2%");
+  CHECK(c.optim.nesterov);
+  CHECK_THROWS_WITH(apply_override(user, "novalue"), Catch::Contains("key.path=value"));
+}
+
+TEST_CASE("every shipped config is valid", "[config]") {
+  int n = 0;
+  for (const auto& e : std::filesystem::directory_iterator(std::string(AUTOREP_SOURCE_DIR) + "/configs")) {
+    if (e.path().extension() != ".json") continue;
+    const json j = read_json_file(e.path().string());
+    if (j.contains("budgets")) continue;  // sweep configs are checked by the sweep tests
+    INFO(e.path().string());
+    CHECK_NOTHROW(load_config(e.path().string()));
+    ++n;
+  }
+  CHECK(n >= 6);
+}

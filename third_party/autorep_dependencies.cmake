@@ -1,0 +1,78 @@
+# Finds every system package autorep builds against. Each one comes from a Debian 12 package;
+# when one is missing, configuration stops with the name of the package to install
+# (scripts/setup.sh installs them all).
+
+function(autorep_require found what debian_package)
+  if(NOT ${found})
+    message(FATAL_ERROR
+      "autorep: ${what} not found. Install it with:\n"
+      "    sudo apt-get install ${debian_package}\n"
+      "(or run scripts/setup.sh, which installs every dependency). "
+      "For a LibTorch outside the system paths pass -DCMAKE_PREFIX_PATH=<its cmake prefix>.")
+  endif()
+endfunction()
+
+# LibTorch: Debian's libtorch-dev (1.13, CPU) or any newer one found through CMAKE_PREFIX_PATH.
+find_package(Torch QUIET)
+autorep_require(Torch_FOUND "LibTorch (TorchConfig.cmake)" "libtorch-dev")
+# Torch's imported targets carry its ABI flags; TORCH_CXX_FLAGS must reach our sources too.
+set(AUTOREP_TORCH_CXX_FLAGS "${TORCH_CXX_FLAGS}")
+if(NOT DEFINED Torch_VERSION OR Torch_VERSION STREQUAL "")
+  set(Torch_VERSION "${PACKAGE_VERSION}")
+endif()
+
+# CUDA kernels are compiled only when the LibTorch found was built with CUDA.
+set(AUTOREP_WITH_CUDA OFF)
+if(TARGET torch_cuda OR CAFFE2_USE_CUDA OR TORCH_CUDA_LIBRARIES)
+  set(AUTOREP_WITH_CUDA ON)
+endif()
+
+find_package(nlohmann_json 3 QUIET)
+autorep_require(nlohmann_json_FOUND "nlohmann/json" "nlohmann-json3-dev")
+
+find_package(CLI11 QUIET)
+if(NOT CLI11_FOUND)
+  find_path(AUTOREP_CLI11_INCLUDE CLI/CLI.hpp)
+  autorep_require(AUTOREP_CLI11_INCLUDE "CLI11" "libcli11-dev")
+  add_library(CLI11::CLI11 INTERFACE IMPORTED)
+  set_target_properties(CLI11::CLI11 PROPERTIES INTERFACE_INCLUDE_DIRECTORIES ${AUTOREP_CLI11_INCLUDE})
+endif()
+
+find_package(ZLIB QUIET)
+autorep_require(ZLIB_FOUND "zlib" "zlib1g-dev")
+
+find_package(JPEG QUIET)
+autorep_require(JPEG_FOUND "libjpeg (libjpeg-turbo)" "libjpeg-dev")
+
+find_package(Threads REQUIRED)
+
+if(AUTOREP_BUILD_TESTS)
+  find_package(Catch2 2 QUIET)
+  if(NOT Catch2_FOUND)
+    find_path(AUTOREP_CATCH2_INCLUDE catch2/catch.hpp)
+    autorep_require(AUTOREP_CATCH2_INCLUDE "Catch2 v2" "catch2")
+    add_library(Catch2::Catch2 INTERFACE IMPORTED)
+    set_target_properties(Catch2::Catch2 PROPERTIES INTERFACE_INCLUDE_DIRECTORIES ${AUTOREP_CATCH2_INCLUDE})
+  endif()
+endif()
+
+# Gloo headers are included by LibTorch's c10d headers (multi-process training).
+find_path(AUTOREP_GLOO_INCLUDE gloo/algorithm.h)
+set(AUTOREP_WITH_DIST OFF)
+if(AUTOREP_GLOO_INCLUDE AND EXISTS "${TORCH_INSTALL_PREFIX}/include/torch/csrc/distributed/c10d/ProcessGroupGloo.hpp")
+  set(AUTOREP_WITH_DIST ON)
+endif()
+
+# A helper that every autorep library target uses for its common settings.
+function(autorep_library name)
+  add_library(${name} STATIC ${ARGN})
+  target_include_directories(${name} PUBLIC ${PROJECT_SOURCE_DIR})
+  target_link_libraries(${name} PUBLIC ${TORCH_LIBRARIES} nlohmann_json::nlohmann_json Threads::Threads)
+  target_compile_options(${name} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Wno-unused-parameter>)
+  # Every source includes LibTorch; one precompiled header per target saves most of the compile time.
+  target_precompile_headers(${name} PRIVATE <torch/torch.h>)
+  if(AUTOREP_TORCH_CXX_FLAGS)
+    separate_arguments(_flags UNIX_COMMAND "${AUTOREP_TORCH_CXX_FLAGS}")
+    target_compile_options(${name} PUBLIC $<$<COMPILE_LANGUAGE:CXX>:${_flags}>)
+  endif()
+endfunction()

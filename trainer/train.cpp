@@ -1,0 +1,495 @@
+#include "trainer/train.h"
+
+#include <torch/torch.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <sstream>
+#include <thread>
+
+#include "trainer/checkpoint.h"
+#include "trainer/method.h"
+
+namespace autorep::trainer {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+int64_t configure_threads(int64_t threads) {
+  int64_t n = threads > 0 ? threads : static_cast<int64_t>(std::thread::hardware_concurrency());
+  if (n <= 0) n = 1;
+  torch::set_num_threads(static_cast<int>(n));
+  return n;
+}
+
+torch::Device resolve_device(const std::string& device) {
+  if (device == "cpu") return torch::kCPU;
+  if (device == "cuda") {
+    if (!torch::cuda::is_available())
+      throw std::runtime_error("--device cuda: no CUDA device is available (this LibTorch " +
+                               std::string(torch::cuda::is_available() ? "has" : "may lack") + " CUDA support)");
+    return torch::kCUDA;
+  }
+  if (device == "auto") return torch::cuda::is_available() ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
+  throw std::runtime_error("device \"" + device + "\": expected auto, cpu or cuda");
+}
+
+ModelSpec model_spec(const Config& config, const std::vector<int64_t>& input_shape, int64_t classes) {
+  ModelSpec spec;
+  spec.name = config.model.name;
+  spec.input_shape = input_shape;
+  spec.classes = classes;
+  spec.stem_relu = config.model.stem_relu;
+  return spec;
+}
+
+nlohmann::json spec_to_json(const ModelSpec& spec) {
+  return {{"arch", spec.name}, {"input_shape", spec.input_shape}, {"classes", spec.classes}, {"stem_relu", spec.stem_relu}};
+}
+
+ModelSpec spec_from_json(const nlohmann::json& j) {
+  ModelSpec spec;
+  spec.name = j.at("arch").get<std::string>();
+  spec.input_shape = j.at("input_shape").get<std::vector<int64_t>>();
+  spec.classes = j.at("classes").get<int64_t>();
+  spec.stem_relu = j.value("stem_relu", true);
+  return spec;
+}
+
+EvalResult evaluate(NetImpl& model, const DataSplits& data, const Dataset& split, torch::Device device,
+                    int64_t batch_size) {
+  torch::NoGradGuard no_grad;
+  const bool was_training = model.is_training();
+  model.eval();
+  EvalResult r;
+  double loss_sum = 0.0;
+  int64_t correct = 0;
+  const int64_t n = split.size();
+  for (int64_t start = 0; start < n; start += batch_size) {
+    const int64_t end = std::min(n, start + batch_size);
+    auto idx = torch::arange(start, end, torch::kLong);
+    auto x = make_batch(data, split, idx, /*train=*/false, 0).to(device);
+    auto y = split.labels.slice(0, start, end).to(device);
+    auto logits = model.forward(x);
+    loss_sum += torch::nn::functional::cross_entropy(
+                    logits, y, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
+                    .item<double>();
+    correct += logits.argmax(1).eq(y).sum().item<int64_t>();
+  }
+  model.train(was_training);
+  r.samples = n;
+  r.accuracy = n > 0 ? static_cast<double>(correct) / n : 0.0;
+  r.loss = n > 0 ? loss_sum / n : 0.0;
+  return r;
+}
+
+LoadedModel load_model(const std::string& checkpoint) {
+  const CheckpointMeta meta = read_checkpoint_meta(checkpoint);
+  LoadedModel out;
+  out.config = config_from_json(meta.config, checkpoint + " (its config)");
+  out.state = meta.state;
+  if (!meta.state.contains("model_spec"))
+    throw std::runtime_error(checkpoint + ": checkpoint has no model description");
+  const ModelSpec spec = spec_from_json(meta.state.at("model_spec"));
+  auto method = make_method(out.config);
+  out.model = build_model(spec, method->factory());
+  load_checkpoint(checkpoint, *out.model, nullptr);
+  out.model->eval();
+  return out;
+}
+
+namespace {
+
+// Console and log output: a redrawn bar on a terminal, plain periodic lines otherwise.
+class Reporter {
+ public:
+  Reporter(const std::string& log_path, bool quiet)
+      : log_(log_path, std::ios::app), quiet_(quiet), tty_(!quiet && ::isatty(STDERR_FILENO)) {}
+
+  void line(const std::string& text) {
+    if (!quiet_) {
+      if (bar_shown_) std::cerr << "\r\033[K";
+      std::cerr << text << std::endl;
+      bar_shown_ = false;
+    }
+    log_ << text << std::endl;
+  }
+
+  // Shows progress inside an epoch. On a terminal the bar is redrawn at most ~10 times a second;
+  // otherwise one line is written every `every` steps (and to the log).
+  void step(int64_t epoch, int64_t epochs, int64_t step, int64_t steps, double loss, double samples_per_s,
+            double eta_s, const std::string& extra, int64_t every) {
+    std::ostringstream s;
+    s << "epoch " << epoch + 1 << "/" << epochs << " step " << step << "/" << steps << " loss " << std::fixed
+      << std::setprecision(4) << loss << " " << std::setprecision(0) << samples_per_s << " img/s eta "
+      << format_seconds(eta_s);
+    if (!extra.empty()) s << " " << extra;
+    if (tty_) {
+      const auto now = Clock::now();
+      if (step != steps && now - last_draw_ < std::chrono::milliseconds(100)) return;
+      last_draw_ = now;
+      const int width = 24;
+      const int filled = steps > 0 ? static_cast<int>(width * step / steps) : 0;
+      std::cerr << "\r\033[K[" << std::string(filled, '#') << std::string(width - filled, '.') << "] " << s.str()
+                << std::flush;
+      bar_shown_ = true;
+    } else if (every > 0 && (step % every == 0 || step == steps)) {
+      line(s.str());
+    }
+  }
+
+  static std::string format_seconds(double s) {
+    if (!std::isfinite(s) || s < 0) return "?";
+    const int64_t t = static_cast<int64_t>(s + 0.5);
+    std::ostringstream o;
+    if (t >= 3600) o << t / 3600 << "h";
+    if (t >= 60) o << std::setw(t >= 3600 ? 2 : 1) << std::setfill('0') << (t % 3600) / 60 << "m";
+    o << std::setw(t >= 60 ? 2 : 1) << std::setfill('0') << t % 60 << "s";
+    return o.str();
+  }
+
+ private:
+  std::ofstream log_;
+  bool quiet_;
+  bool tty_;
+  bool bar_shown_ = false;
+  Clock::time_point last_draw_{};
+};
+
+void append_jsonl(const std::string& path, const nlohmann::json& j) {
+  std::ofstream out(path, std::ios::app);
+  out << j.dump() << "\n";
+}
+
+uint64_t batch_seed(uint64_t seed, int64_t epoch, int64_t step) {
+  // splitmix64 over the triple: independent augmentation per (seed, epoch, step).
+  uint64_t z = seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(epoch) * 0xBF58476D1CE4E5B9ull +
+               static_cast<uint64_t>(step) * 0x94D049BB133111EBull + 0x2545F4914F6CDD1Dull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::vector<ParamGroup>& groups,
+                                                        const OptimOptions& o) {
+  std::vector<torch::optim::OptimizerParamGroup> pg;
+  for (const auto& g : groups) {
+    if (g.params.empty()) continue;
+    if (o.name == "sgd") {
+      auto opt = std::make_unique<torch::optim::SGDOptions>(g.lr);
+      opt->momentum(o.momentum).nesterov(o.nesterov).weight_decay(g.weight_decay);
+      pg.emplace_back(g.params, std::move(opt));
+    } else {
+      auto opt = std::make_unique<torch::optim::AdamOptions>(g.lr);
+      opt->betas({o.beta1, o.beta2}).weight_decay(g.weight_decay);
+      pg.emplace_back(g.params, std::move(opt));
+    }
+  }
+  TORCH_CHECK(!pg.empty(), "no trainable parameters");
+  if (o.name == "sgd")
+    return std::make_unique<torch::optim::SGD>(pg, torch::optim::SGDOptions(o.lr).momentum(o.momentum).nesterov(o.nesterov));
+  return std::make_unique<torch::optim::Adam>(pg, torch::optim::AdamOptions(o.lr));
+}
+
+// Learning-rate factor of a phase at a step: linear warm-up, then cosine (to min_lr/lr) or constant.
+double lr_factor(const OptimOptions& o, int64_t step, int64_t total_steps, int64_t steps_per_epoch) {
+  const double warm = o.warmup_epochs * steps_per_epoch;
+  if (warm > 0 && step < warm) return (step + 1) / warm;
+  if (o.schedule == "constant") return 1.0;
+  const double span = std::max(1.0, total_steps - warm);
+  const double t = std::min(1.0, (step - warm) / span);
+  const double floor = o.min_lr / o.lr;
+  return floor + (1.0 - floor) * 0.5 * (1.0 + std::cos(M_PI * t));
+}
+
+const Phase& phase_of(const std::vector<Phase>& phases, int64_t epoch, size_t* index) {
+  for (size_t i = 0; i < phases.size(); ++i) {
+    if (epoch >= phases[i].first_epoch && epoch < phases[i].first_epoch + phases[i].epochs) {
+      *index = i;
+      return phases[i];
+    }
+  }
+  TORCH_INTERNAL_ASSERT(false, "epoch ", epoch, " belongs to no phase");
+}
+
+}  // namespace
+
+RunResult run_training(const Config& config, const RunOptions& options) {
+  const auto t_start = Clock::now();
+  TORCH_CHECK(!options.out_dir.empty(), "no output directory given");
+  const fs::path out(options.out_dir);
+  const std::string last_path = (out / "checkpoints" / "last.pt").string();
+  const std::string best_path = (out / "checkpoints" / "best.pt").string();
+  const std::string metrics_path = (out / "metrics.jsonl").string();
+
+  nlohmann::json state;
+  if (options.resume) {
+    if (!fs::exists(last_path))
+      throw std::runtime_error(last_path + ": nothing to resume (no checkpoint in " + options.out_dir + ")");
+    CheckpointMeta meta = read_checkpoint_meta(last_path);
+    // Resuming with a different config would silently change the run; only how it runs may differ.
+    nlohmann::json saved = meta.config, now = to_json(config);
+    for (auto* j : {&saved, &now}) {
+      (*j)["train"].erase("threads");
+      (*j)["train"].erase("device");
+      (*j)["train"].erase("checkpoint_interval_s");
+      (*j)["train"].erase("log_every");
+    }
+    if (saved != now) {
+      const auto diff = nlohmann::json::diff(saved, now);
+      throw std::runtime_error("--resume: the config differs from the one the run in " + options.out_dir +
+                               " was started with (first difference at " +
+                               diff.at(0).value("path", std::string("?")) + ")");
+    }
+    state = meta.state;
+  } else if (fs::exists(last_path)) {
+    throw std::runtime_error(options.out_dir + " already holds a run (checkpoints/last.pt); pass --resume to continue it "
+                             "or choose another --out");
+  }
+  fs::create_directories(out / "checkpoints");
+  write_file_atomic((out / "config.json").string(), to_json(config).dump(2) + "\n");
+
+  Reporter report((out / "log.txt").string(), options.quiet);
+  const int64_t threads = configure_threads(config.train.threads);
+  const torch::Device device = resolve_device(config.train.device);
+  torch::manual_seed(config.train.seed);
+
+  const auto t_data = Clock::now();
+  DataSplits data = load_dataset(config.data);
+  report.line("data: " + data.name + " train " + std::to_string(data.train.size()) + " test " +
+              std::to_string(data.test.size()) + " (" +
+              std::to_string(std::chrono::duration<double>(Clock::now() - t_data).count()).substr(0, 4) + " s)");
+
+  auto method = make_method(config);
+  const ModelSpec spec = model_spec(config, data.input_shape, data.classes);
+  TrainContext ctx;
+  ctx.config = &config;
+  ctx.model = build_model(spec, method->factory());
+  ctx.model->to(device);
+  ctx.device = device;
+  ctx.data = &data;
+  ctx.out_dir = options.out_dir;
+  ctx.log = [&report](const std::string& s) { report.line(s); };
+  const int64_t B = config.data.batch_size;
+  // Incomplete last batches are dropped: batch norm needs more than one sample, and equal batches
+  // keep the loss trajectory independent of where a run was resumed.
+  ctx.steps_per_epoch = data.train.size() / B;
+  if (ctx.steps_per_epoch == 0)
+    throw std::runtime_error("data.batch_size " + std::to_string(B) + " exceeds the training set (" +
+                             std::to_string(data.train.size()) + " samples)");
+
+  method->prepare(ctx, options.resume);
+  const std::vector<Phase> phases = method->phases();
+
+  int64_t epoch = 0, step_in_epoch = 0;
+  double loss_sum = 0.0, best_acc = -1.0;
+  int64_t correct = 0, seen = 0;
+  std::string saved_phase;
+  double elapsed_before = 0.0;
+  if (options.resume) {
+    load_checkpoint(last_path, *ctx.model, nullptr);
+    epoch = state.at("epoch");
+    step_in_epoch = state.at("step_in_epoch");
+    ctx.global_step = state.at("global_step");
+    ctx.phase_step = state.at("phase_step");
+    loss_sum = state.at("loss_sum");
+    correct = state.at("correct");
+    seen = state.at("seen");
+    best_acc = state.at("best_accuracy");
+    saved_phase = state.at("phase");
+    elapsed_before = state.value("seconds", 0.0);
+    method->load_state(state.at("method"));
+    report.line("resumed " + options.out_dir + " at epoch " + std::to_string(epoch + 1) + " step " +
+                std::to_string(step_in_epoch));
+  }
+  const int64_t epochs = config.train.epochs;
+  report.line("train: " + config.method + " " + spec.name + " on " + data.name + ", " + std::to_string(epochs) +
+              " epochs x " + std::to_string(ctx.steps_per_epoch) + " steps, batch " + std::to_string(B) + ", " +
+              std::to_string(threads) + " threads, " + device.str() + ", ReLUs " +
+              std::to_string(layers::kept_relus(ctx.model->sites())) + "/" +
+              std::to_string(layers::total_relus(ctx.model->sites())) + ", out " + options.out_dir);
+
+  std::unique_ptr<torch::optim::Optimizer> optimizer;
+  std::vector<double> base_lrs;
+  size_t current_phase = phases.size();
+  auto make_state = [&](const std::string& phase_name) {
+    nlohmann::json s = {{"epoch", epoch},
+                        {"step_in_epoch", step_in_epoch},
+                        {"global_step", ctx.global_step},
+                        {"phase_step", ctx.phase_step},
+                        {"phase", phase_name},
+                        {"loss_sum", loss_sum},
+                        {"correct", correct},
+                        {"seen", seen},
+                        {"best_accuracy", best_acc},
+                        {"seconds", elapsed_before + std::chrono::duration<double>(Clock::now() - t_start).count()},
+                        {"method", method->state()},
+                        {"model_spec", spec_to_json(spec)}};
+    return s;
+  };
+  auto save_last = [&](const std::string& phase_name) {
+    save_checkpoint(last_path, *ctx.model, optimizer.get(), {to_json(config), make_state(phase_name)});
+  };
+
+  RunResult result;
+  result.out_dir = options.out_dir;
+  int64_t steps_this_process = 0;
+  auto last_checkpoint = Clock::now();
+  bool resumed_inside_phase = options.resume;
+  double last_acc = 0.0;
+
+  for (; epoch < epochs; ++epoch) {
+    size_t pi = 0;
+    const Phase& phase = phase_of(phases, epoch, &pi);
+    ctx.epoch = epoch;
+    if (pi != current_phase) {
+      const bool continuing = resumed_inside_phase && saved_phase == phase.name;
+      if (!continuing) {
+        ctx.phase_step = 0;
+        method->on_phase_begin(ctx, phase);
+      }
+      const auto groups = method->param_groups(ctx, phase);
+      optimizer = make_optimizer(groups, phase.optim);
+      base_lrs.clear();
+      for (const auto& g : groups)
+        if (!g.params.empty()) base_lrs.push_back(g.lr);
+      if (continuing && checkpoint_has_optimizer(last_path)) load_checkpoint(last_path, *ctx.model, optimizer.get());
+      ctx.optimizer = optimizer.get();
+      current_phase = pi;
+      if (!continuing || step_in_epoch == 0)
+        report.line("phase " + phase.name + ": epochs " + std::to_string(phase.first_epoch + 1) + "-" +
+                    std::to_string(phase.first_epoch + phase.epochs) + ", " + phase.optim.name + " lr " +
+                    std::to_string(phase.optim.lr));
+    }
+    resumed_inside_phase = false;
+    const int64_t phase_steps = phase.epochs * ctx.steps_per_epoch;
+    const auto order = epoch_order(data.train.size(), config.train.seed, epoch);
+    const auto t_epoch = Clock::now();
+    const int64_t first_step = step_in_epoch;
+    ctx.model->train();
+    for (; step_in_epoch < ctx.steps_per_epoch; ++step_in_epoch) {
+      auto idx = order.slice(0, step_in_epoch * B, (step_in_epoch + 1) * B);
+      auto x = make_batch(data, data.train, idx, /*train=*/true, batch_seed(config.train.seed, epoch, step_in_epoch))
+                   .to(device);
+      auto y = data.train.labels.index_select(0, idx).to(device);
+      const double f = lr_factor(phase.optim, ctx.phase_step, phase_steps, ctx.steps_per_epoch);
+      auto& groups = optimizer->param_groups();
+      for (size_t g = 0; g < groups.size(); ++g) groups[g].options().set_lr(base_lrs[g] * f);
+
+      auto logits = ctx.model->forward(x);
+      LossOutput lo = method->loss(ctx, x, y, logits);
+      optimizer->zero_grad();
+      lo.loss.backward();
+      optimizer->step();
+      ++ctx.global_step;
+      ++ctx.phase_step;
+      method->after_step(ctx);
+
+      const double l = lo.loss.item<double>();
+      if (!std::isfinite(l))
+        throw std::runtime_error("training diverged: loss is " + std::to_string(l) + " at epoch " +
+                                 std::to_string(epoch + 1) + " step " + std::to_string(step_in_epoch + 1) +
+                                 " (try a lower optim.lr)");
+      loss_sum += l * y.size(0);
+      correct += logits.argmax(1).eq(y).sum().item<int64_t>();
+      seen += y.size(0);
+      ++steps_this_process;
+
+      const double secs = std::chrono::duration<double>(Clock::now() - t_epoch).count();
+      const int64_t done = step_in_epoch + 1 - first_step;
+      const double per_step = secs / std::max<int64_t>(1, done);
+      const double eta = per_step * ((ctx.steps_per_epoch - step_in_epoch - 1) +
+                                     (epochs - epoch - 1) * ctx.steps_per_epoch);
+      report.step(epoch, epochs, step_in_epoch + 1, ctx.steps_per_epoch, loss_sum / std::max<int64_t>(1, seen),
+                  done * B / std::max(1e-9, secs), eta, method->progress(ctx), config.train.log_every);
+
+      if (options.stop_after_steps >= 0 && steps_this_process >= options.stop_after_steps) {
+        ++step_in_epoch;
+        save_last(phase.name);
+        report.line("stopped after " + std::to_string(steps_this_process) + " steps (checkpoint saved)");
+        result.completed = false;
+        return result;
+      }
+      if (config.train.checkpoint_interval_s > 0 &&
+          std::chrono::duration<double>(Clock::now() - last_checkpoint).count() >= config.train.checkpoint_interval_s &&
+          step_in_epoch + 1 < ctx.steps_per_epoch) {
+        ++step_in_epoch;
+        save_last(phase.name);
+        --step_in_epoch;
+        last_checkpoint = Clock::now();
+      }
+    }
+
+    // End of epoch: evaluate, record, checkpoint.
+    const double epoch_secs = std::chrono::duration<double>(Clock::now() - t_epoch).count();
+    nlohmann::json m = {{"type", "epoch"},
+                        {"epoch", epoch + 1},
+                        {"phase", phase.name},
+                        {"train_loss", loss_sum / std::max<int64_t>(1, seen)},
+                        {"train_accuracy", static_cast<double>(correct) / std::max<int64_t>(1, seen)},
+                        {"lr", optimizer->param_groups()[0].options().get_lr()},
+                        {"seconds", epoch_secs},
+                        {"kept_relus", layers::kept_relus(ctx.model->sites())},
+                        {"total_relus", layers::total_relus(ctx.model->sites())}};
+    method->epoch_metrics(ctx, m);
+    append_jsonl(metrics_path, m);
+    const bool last_epoch = epoch + 1 == epochs;
+    const bool do_eval = last_epoch || (config.train.eval_every > 0 && (epoch + 1) % config.train.eval_every == 0);
+    std::ostringstream line;
+    line << "epoch " << epoch + 1 << "/" << epochs << " [" << phase.name << "] train loss " << std::fixed
+         << std::setprecision(4) << m["train_loss"].get<double>() << " acc " << std::setprecision(2)
+         << 100.0 * m["train_accuracy"].get<double>() << "%";
+    bool improved = false;
+    if (do_eval) {
+      const EvalResult ev = evaluate(*ctx.model, data, data.test, device, config.data.eval_batch_size);
+      last_acc = ev.accuracy;
+      append_jsonl(metrics_path, {{"type", "eval"},
+                                  {"epoch", epoch + 1},
+                                  {"phase", phase.name},
+                                  {"test_accuracy", ev.accuracy},
+                                  {"test_loss", ev.loss},
+                                  {"kept_relus", m["kept_relus"]}});
+      line << " | test loss " << std::setprecision(4) << ev.loss << " acc " << std::setprecision(2)
+           << 100.0 * ev.accuracy << "%";
+      if (method->may_be_best(ctx, phase) && ev.accuracy > best_acc) {
+        best_acc = ev.accuracy;
+        improved = true;
+      }
+    }
+    line << " | ReLUs " << m["kept_relus"].get<int64_t>() << " | " << std::setprecision(1) << epoch_secs << " s";
+    report.line(line.str());
+
+    ++epoch;
+    step_in_epoch = 0;
+    loss_sum = 0.0;
+    correct = 0;
+    seen = 0;
+    const CheckpointMeta meta{to_json(config), make_state(phase.name)};
+    if (improved) save_checkpoint(best_path, *ctx.model, nullptr, meta);
+    save_checkpoint(last_path, *ctx.model, optimizer.get(), meta);
+    last_checkpoint = Clock::now();
+    --epoch;
+  }
+
+  result.completed = true;
+  result.best_accuracy = best_acc;
+  result.final_accuracy = last_acc;
+  result.kept_relus = layers::kept_relus(ctx.model->sites());
+  result.total_relus = layers::total_relus(ctx.model->sites());
+  result.summary = method->finish(ctx, best_path);
+  result.seconds = elapsed_before + std::chrono::duration<double>(Clock::now() - t_start).count();
+  std::ostringstream done;
+  done << "done: best test accuracy " << std::fixed << std::setprecision(2) << 100.0 * best_acc << "%, ReLUs "
+       << result.kept_relus << "/" << result.total_relus << ", " << std::setprecision(0) << result.seconds
+       << " s; checkpoints in " << (out / "checkpoints").string();
+  report.line(done.str());
+  return result;
+}
+
+}  // namespace autorep::trainer
