@@ -23,9 +23,12 @@ struct GateBenchOptions {
 
 /// Times (median ms of interleaved iterations, float32) forward+backward of torch::relu, the
 /// composite gate, the fused gate and a Gate module in training mode (fused gate + running
-/// statistics), plus a tensor copy of the same size; prints ms, effective GB/s (5 tensor
-/// passes for a forward+backward, 2 for the copy) and the ratios. The last line is
-/// `gate_over_relu=<fused/relu>`. Returns 0; throws std::runtime_error on bad options.
+/// statistics), plus a tensor copy of the same size; prints median and minimum ms, effective
+/// GB/s (5 tensor passes for a forward+backward, 2 for the copy) and the ratios (of medians;
+/// of minima too, which are steadier on a shared machine). The last line is
+/// `gate_over_relu=<fused/relu>` (medians). On the CPU with glibc it sets malloc's mmap/trim
+/// thresholds for the process (see the .cpp) so that no variant pays page faults on memory the
+/// allocator just gave back. Returns 0; throws std::runtime_error on bad options.
 int run_gate_bench(const GateBenchOptions& options, std::ostream& out);
 
 }  // namespace autorep::layers

@@ -83,10 +83,11 @@ void GateImpl::reset() {
 }
 
 int64_t GateImpl::step() const {
-  if (step_cache_impl_ != step_.unsafeGetTensorImpl() || step_cache_version_ != step_._version()) {
+  const auto version = static_cast<int64_t>(step_._version());
+  if (step_cache_impl_ != step_.unsafeGetTensorImpl() || step_cache_version_ != version) {
     step_cache_ = step_.item<int64_t>();
     step_cache_impl_ = step_.unsafeGetTensorImpl();
-    step_cache_version_ = step_._version();
+    step_cache_version_ = version;
   }
   return step_cache_;
 }
@@ -159,6 +160,10 @@ torch::Tensor GateImpl::forward(const torch::Tensor& x) {
     torch::NoGradGuard no_grad;
     step_.add_(1);
   }
+  // Keep the host copy in step (no device read next time).
+  step_cache_ = k + 1;
+  step_cache_impl_ = step_.unsafeGetTensorImpl();
+  step_cache_version_ = static_cast<int64_t>(step_._version());
   return y;
 }
 

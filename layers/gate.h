@@ -138,7 +138,7 @@ class GateImpl : public torch::nn::Cloneable<GateImpl>, public ActivationSite {
   // version (avoids a device sync per forward; a load or .to() invalidates it).
   mutable int64_t step_cache_ = 0;
   mutable const void* step_cache_impl_ = nullptr;
-  mutable uint32_t step_cache_version_ = 0;
+  mutable int64_t step_cache_version_ = -1;
 };
 TORCH_MODULE(Gate);
 

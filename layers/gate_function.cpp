@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <tuple>
 
 #include "layers/kernels/gate_kernels.h"
@@ -87,6 +88,26 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> backward_cpu(
   return {dx, g_mask, dc};
 }
 
+// dL/daux = softplus(aux) * g_mask, in place in g_mask where the types agree. On the CPU in
+// slices of at most ATen's grain size, so these small ops stay serial: a backward with one
+// parallel region (the kernel), like ReLU's, does not pay extra thread wake-ups, which on a
+// busy machine cost a scheduler slice each.
+torch::Tensor straight_through(const torch::Tensor& aux, torch::Tensor g_mask) {
+  g_mask = g_mask.view(aux.sizes());
+  if (g_mask.scalar_type() != aux.scalar_type()) return torch::softplus(aux) * g_mask.to(aux.scalar_type());
+  if (!aux.is_cpu() || !aux.is_contiguous() || aux.numel() > (int64_t{1} << 22)) {
+    return g_mask.mul_(torch::softplus(aux));
+  }
+  const auto a = aux.view(-1);
+  auto gm = g_mask.view(-1);
+  const int64_t grain = at::internal::GRAIN_SIZE;
+  for (int64_t i = 0; i < a.numel(); i += grain) {
+    const int64_t len = std::min(grain, a.numel() - i);
+    gm.narrow(0, i, len).mul_(torch::softplus(a.narrow(0, i, len)));
+  }
+  return g_mask;
+}
+
 class GateFunction : public torch::autograd::Function<GateFunction> {
  public:
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& aux,
@@ -132,9 +153,7 @@ class GateFunction : public torch::autograd::Function<GateFunction> {
       std::tie(dx, g_mask, dc) = backward_cpu(pr, x, g, mask, c0, c1, c2);
     }
     if (ctx->needs_input_grad(0)) out[0] = dx.view(x.sizes());
-    if (ctx->needs_input_grad(1)) {
-      out[1] = (torch::softplus(aux) * g_mask.view(aux.sizes()).to(aux.scalar_type()));
-    }
+    if (ctx->needs_input_grad(1)) out[1] = straight_through(aux, g_mask);
     const torch::Tensor* cs[3] = {&c0, &c1, &c2};
     for (int k = 0; k < 3; ++k) {
       if (k == 2 && degree < 2) break;

@@ -4,6 +4,8 @@
 
 #include <stdexcept>
 
+#include "trainer/reduction.h"
+
 namespace autorep::trainer {
 
 std::vector<ParamGroup> Method::param_groups(TrainContext& ctx, const Phase& phase) {
@@ -43,6 +45,7 @@ class BaselineMethod : public Method {
 
 std::unique_ptr<Method> make_method(const Config& config) {
   if (config.method == "baseline") return std::make_unique<BaselineMethod>(config);
+  if (auto m = make_reduction_method(config)) return m;
   throw std::runtime_error("method \"" + config.method + "\" is not available in this build");
 }
 

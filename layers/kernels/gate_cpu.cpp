@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <memory>
+#include <string>
 #include <vector>
 
 #include "layers/kernels/gate_kernels.h"
@@ -11,42 +13,93 @@ namespace autorep::layers::kernels {
 namespace {
 
 #define AUTOREP_GATE_ISA generic
+#define AUTOREP_GATE_VEC_BYTES 16
 #include "layers/kernels/gate_cpu_impl.h"
+#undef AUTOREP_GATE_VEC_BYTES
 #undef AUTOREP_GATE_ISA
 
-// A second copy for AVX2+FMA: ReLU itself runs ATen's AVX2 kernels, and the gate does several
-// times its arithmetic per byte, so on the baseline ISA (SSE2) it would be compute bound.
+// Copies for AVX2+FMA and AVX-512, as ATen dispatches its own kernels (ReLU runs AVX-512 where
+// it can): the gate does several times ReLU's arithmetic per byte, so on the baseline ISA
+// (SSE2) it would be compute bound.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define AUTOREP_GATE_HAVE_AVX2 1
+#define AUTOREP_GATE_HAVE_X86 1
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 #define AUTOREP_GATE_ISA avx2
+#define AUTOREP_GATE_VEC_BYTES 32
 #include "layers/kernels/gate_cpu_impl.h"
+#undef AUTOREP_GATE_VEC_BYTES
+#undef AUTOREP_GATE_ISA
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")
+#define AUTOREP_GATE_ISA avx512
+#define AUTOREP_GATE_VEC_BYTES 64
+#include "layers/kernels/gate_cpu_impl.h"
+#undef AUTOREP_GATE_VEC_BYTES
 #undef AUTOREP_GATE_ISA
 #pragma GCC pop_options
 #endif
 
-std::atomic<bool> force_generic{false};
+enum class Isa { generic, avx2, avx512 };
 
-bool use_avx2() {
-#ifdef AUTOREP_GATE_HAVE_AVX2
-  static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return supported && !force_generic.load(std::memory_order_relaxed);
-#else
-  return false;
+std::atomic<int> forced_isa{-1};
+
+Isa detect_isa() {
+#ifdef AUTOREP_GATE_HAVE_X86
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq")) {
+    return Isa::avx512;
+  }
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::avx2;
 #endif
+  return Isa::generic;
+}
+
+Isa detected_isa() {
+  static const Isa detected = detect_isa();
+  return detected;
+}
+
+Isa isa() {
+  const int forced = forced_isa.load(std::memory_order_relaxed);
+  return forced < 0 ? detected_isa() : static_cast<Isa>(forced);
 }
 
 }  // namespace
 
-const char* gate_cpu_isa() { return use_avx2() ? "avx2" : "generic"; }
+const char* gate_cpu_isa() {
+  switch (isa()) {
+    case Isa::avx512: return "avx512";
+    case Isa::avx2: return "avx2";
+    default: return "generic";
+  }
+}
 
-void gate_cpu_force_generic(bool on) { force_generic.store(on); }
+bool gate_cpu_set_isa(const char* name) {
+  const std::string n = name ? name : "";
+  if (n.empty()) {
+    forced_isa.store(-1);
+    return true;
+  }
+  const Isa want = n == "avx512" ? Isa::avx512 : n == "avx2" ? Isa::avx2 : Isa::generic;
+  if (n != "avx512" && n != "avx2" && n != "generic") return false;
+  if (static_cast<int>(want) > static_cast<int>(detected_isa())) return false;
+  forced_isa.store(static_cast<int>(want));
+  return true;
+}
 
-#ifdef AUTOREP_GATE_HAVE_AVX2
-#define AUTOREP_GATE_CALL(fn, ...) (use_avx2() ? avx2::fn(__VA_ARGS__) : generic::fn(__VA_ARGS__))
+#ifdef AUTOREP_GATE_HAVE_X86
+#define AUTOREP_GATE_CALL(fn, ...)                                   \
+  switch (isa()) {                                                   \
+    case Isa::avx512: return avx512::fn(__VA_ARGS__);                \
+    case Isa::avx2: return avx2::fn(__VA_ARGS__);                    \
+    default: return generic::fn(__VA_ARGS__);                        \
+  }
 #else
-#define AUTOREP_GATE_CALL(fn, ...) generic::fn(__VA_ARGS__)
+#define AUTOREP_GATE_CALL(fn, ...) return generic::fn(__VA_ARGS__)
 #endif
 
 void gate_forward_cpu(const GateProblem& pr, const float* x, const float* mask, const float* c0,

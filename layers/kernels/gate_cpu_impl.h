@@ -1,21 +1,23 @@
-// The CPU gate kernels, written once and compiled twice by gate_cpu.cpp: for the baseline ISA
-// and, on x86-64 with GCC, under `#pragma GCC target("avx2,fma")`, chosen at run time.
-// Not a public header: gate_cpu.cpp defines AUTOREP_GATE_ISA (the namespace) and includes the
-// dependencies before it. No include guard on purpose.
+// The CPU gate kernels, written once and compiled several times by gate_cpu.cpp: for the
+// baseline ISA and, on x86-64 with GCC, under `#pragma GCC target` for AVX2 and AVX-512,
+// chosen at run time. Not a public header: gate_cpu.cpp defines AUTOREP_GATE_ISA (the
+// namespace) and AUTOREP_GATE_VEC_BYTES and includes the dependencies before it. No include
+// guard on purpose.
 
 namespace AUTOREP_GATE_ISA {
 
-// Explicit 32-byte vectors (GCC/Clang vector extensions): the loops vectorise no matter what
-// the auto-vectoriser makes of the reductions, and the order of every sum is fixed.
+// Explicit vectors of AUTOREP_GATE_VEC_BYTES (GCC/Clang vector extensions): the loops vectorise
+// no matter what the auto-vectoriser makes of the reductions, and the order of every sum is
+// fixed.
 template <typename T>
 struct VecOf;
 template <>
 struct VecOf<float> {
-  typedef float type __attribute__((vector_size(32)));
+  typedef float type __attribute__((vector_size(AUTOREP_GATE_VEC_BYTES)));
 };
 template <>
 struct VecOf<double> {
-  typedef double type __attribute__((vector_size(32)));
+  typedef double type __attribute__((vector_size(AUTOREP_GATE_VEC_BYTES)));
 };
 
 template <typename V, typename T>
@@ -37,9 +39,9 @@ inline __attribute__((always_inline)) T hsum(const V& v) {
 constexpr int64_t kFeatureBlock = 256;
 
 // Work split of an N×C×P problem: batch blocks × channel chunks, about one task per thread.
-// Each task walks its rows in memory order (n outer, c inner), so every thread streams through
-// contiguous memory; sums are kept per batch block and reduced in a fixed order afterwards,
-// which makes results deterministic for a given thread count.
+// Each task walks its rows in memory order (groups of kRowGroup samples, channels inner), so
+// every thread streams through contiguous memory; sums are kept per batch block and reduced in
+// a fixed order afterwards, which makes results deterministic for a given thread count.
 struct Split {
   int64_t batch_blocks = 1, channel_chunks = 1;
   int64_t tasks() const { return batch_blocks * channel_chunks; }
@@ -71,12 +73,15 @@ inline Poly<T> poly_of(const GateProblem& pr, const T* c0, const T* c1, const T*
 
 // ---- forward ----------------------------------------------------------------------------
 
-// One row of p elements with a per-element (PIXEL) or a scalar mask; adds sum(x) and sum(x^2)
-// to *sum / *sumsq when MOMENTS. y = m*relu + (1-m)*q keeps m = 1 exactly relu.
-template <typename T, bool PIXEL, bool MOMENTS>
-inline __attribute__((always_inline)) void forward_row(int64_t p, const T* __restrict__ x,
-                                                       const T* __restrict__ m, T m_scalar, Poly<T> q,
-                                                       T* __restrict__ y, double* sum, double* sumsq) {
+// R rows of one channel (samples n..n+R-1, `stride` elements apart), walked together: each
+// mask vector is loaded once for the R rows, and the R streams stay contiguous from one channel
+// to the next. Per-element or (PIXEL false) per-channel mask. Adds sum(x), sum(x^2) to
+// *sum / *sumsq when MOMENTS. y = m*relu + (1-m)*q keeps m = 1 exactly relu.
+template <typename T, bool PIXEL, bool MOMENTS, int R>
+inline __attribute__((always_inline)) void forward_rows(int64_t p, int64_t stride,
+                                                        const T* __restrict__ x,
+                                                        const T* __restrict__ m, T m_scalar, Poly<T> q,
+                                                        T* __restrict__ y, double* sum, double* sumsq) {
   using V = typename VecOf<T>::type;
   constexpr int64_t W = sizeof(V) / sizeof(T);
   const V zero = {};
@@ -85,25 +90,31 @@ inline __attribute__((always_inline)) void forward_row(int64_t p, const T* __res
   V vs = zero, vq = zero;
   int64_t i = 0;
   for (; i + W <= p; i += W) {
-    V xv;
-    vload(xv, x + i);
     if constexpr (PIXEL) vload(mv, m + i);
-    const V r = xv > zero ? xv : zero;
-    const V qv = a + xv * (b + d * xv);
-    vstore(y + i, mv * r + (one - mv) * qv);
-    if constexpr (MOMENTS) {
-      vs += xv;
-      vq += xv * xv;
+    const V one_m = one - mv;
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      V xv;
+      vload(xv, x + r * stride + i);
+      const V rl = xv > zero ? xv : zero;
+      const V qv = a + xv * (b + d * xv);
+      vstore(y + r * stride + i, mv * rl + one_m * qv);
+      if constexpr (MOMENTS) {
+        vs += xv;
+        vq += xv * xv;
+      }
     }
   }
   T s = 0, s2 = 0;
   for (; i < p; ++i) {
-    const T xv = x[i];
     const T ms = PIXEL ? m[i] : m_scalar;
-    const T r = xv > T(0) ? xv : T(0);
-    y[i] = ms * r + (T(1) - ms) * (q.a + xv * (q.b + q.d * xv));
-    s += xv;
-    s2 += xv * xv;
+    for (int r = 0; r < R; ++r) {
+      const T xv = x[r * stride + i];
+      const T rl = xv > T(0) ? xv : T(0);
+      y[r * stride + i] = ms * rl + (T(1) - ms) * (q.a + xv * (q.b + q.d * xv));
+      s += xv;
+      s2 += xv * xv;
+    }
   }
   if constexpr (MOMENTS) {
     *sum += static_cast<double>(hsum<T>(vs) + s);
@@ -111,52 +122,53 @@ inline __attribute__((always_inline)) void forward_row(int64_t p, const T* __res
   }
 }
 
+// Rows of one channel walked together (see forward_rows / backward_rows).
+constexpr int kRowGroup = 4;
+
 template <typename T, bool PIXEL, bool MOMENTS>
 void forward_conv(const GateProblem& pr, const T* x, const T* mask, const T* c0, const T* c1,
                   const T* c2, T* y, double* moments) {
   const int64_t C = pr.c, P = pr.p, N = pr.n;
-  if (!MOMENTS) {
-    // No sums: rows are independent, split them evenly in memory order.
-    const int64_t grain = std::max<int64_t>(1, 32768 / P);
-    at::parallel_for(0, N * C, grain, [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        const int64_t c = r % C;
-        const T* m = PIXEL ? mask + c * P : nullptr;
-        const T ms = PIXEL ? T(0) : (pr.mask_numel == 1 ? mask[0] : mask[c]);
-        forward_row<T, PIXEL, false>(P, x + r * P, m, ms, poly_of(pr, c0, c1, c2, c), y + r * P,
-                                     nullptr, nullptr);
-      }
-    });
-    return;
-  }
   const Split sp = split_of(pr);
   const int64_t B = sp.batch_blocks;
-  std::vector<double> part(2 * B * C, 0.0);
+  std::vector<double> part(MOMENTS ? 2 * B * C : 0, 0.0);
   at::parallel_for(0, sp.tasks(), 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
+      const int64_t nb = t / sp.channel_chunks;
       int64_t n0, n1, ca, cb;
-      range_of(t / sp.channel_chunks, B, N, &n0, &n1);
+      range_of(nb, B, N, &n0, &n1);
       range_of(t % sp.channel_chunks, sp.channel_chunks, C, &ca, &cb);
-      double* sums = part.data() + 2 * (t / sp.channel_chunks) * C;
-      for (int64_t n = n0; n < n1; ++n) {
+      double* sums = MOMENTS ? part.data() + 2 * nb * C : nullptr;
+      for (int64_t n = n0; n < n1;) {
+        const bool group = n + kRowGroup <= n1;
         for (int64_t c = ca; c < cb; ++c) {
           const int64_t off = (n * C + c) * P;
           const T* m = PIXEL ? mask + c * P : nullptr;
           const T ms = PIXEL ? T(0) : (pr.mask_numel == 1 ? mask[0] : mask[c]);
-          forward_row<T, PIXEL, true>(P, x + off, m, ms, poly_of(pr, c0, c1, c2, c), y + off,
-                                      &sums[2 * c], &sums[2 * c + 1]);
+          double* s = MOMENTS ? &sums[2 * c] : nullptr;
+          double* s2 = MOMENTS ? &sums[2 * c + 1] : nullptr;
+          if (group) {
+            forward_rows<T, PIXEL, MOMENTS, kRowGroup>(P, C * P, x + off, m, ms, poly_of(pr, c0, c1, c2, c),
+                                                       y + off, s, s2);
+          } else {
+            forward_rows<T, PIXEL, MOMENTS, 1>(P, C * P, x + off, m, ms, poly_of(pr, c0, c1, c2, c), y + off,
+                                               s, s2);
+          }
         }
+        n += group ? kRowGroup : 1;
       }
     }
   });
-  for (int64_t c = 0; c < C; ++c) {
-    double s = 0, s2 = 0;
-    for (int64_t nb = 0; nb < B; ++nb) {
-      s += part[2 * (nb * C + c)];
-      s2 += part[2 * (nb * C + c) + 1];
+  if (MOMENTS) {
+    for (int64_t c = 0; c < C; ++c) {
+      double s = 0, s2 = 0;
+      for (int64_t nb = 0; nb < B; ++nb) {
+        s += part[2 * (nb * C + c)];
+        s2 += part[2 * (nb * C + c) + 1];
+      }
+      moments[c] = s;
+      moments[C + c] = s2;
     }
-    moments[c] = s;
-    moments[C + c] = s2;
   }
 }
 
@@ -227,14 +239,17 @@ struct ChannelSums {
   double gm = 0, d0 = 0, d1 = 0, d2 = 0;
 };
 
-// One row: writes dx, adds g*(relu-q) into gm (PIXEL) or the channel sum, and the coefficient
-// sums. Partial sums stay in vector lanes for the row, then go to double.
-template <typename T, bool PIXEL>
-inline __attribute__((always_inline)) void backward_row(int64_t p, const T* __restrict__ x,
-                                                        const T* __restrict__ g,
-                                                        const T* __restrict__ m, T m_scalar,
-                                                        Poly<T> q, T* __restrict__ dx,
-                                                        T* __restrict__ gm, ChannelSums* sums) {
+// R rows of one channel (samples n..n+R-1, `stride` elements apart) walked together: writes
+// dx, adds g*(relu-q) summed over the R rows into gm (PIXEL: one read-modify-write per R rows)
+// or the channel sum, and the coefficient sums. Partial sums stay in vector lanes for the rows,
+// then go to double.
+template <typename T, bool PIXEL, int R>
+inline __attribute__((always_inline)) void backward_rows(int64_t p, int64_t stride,
+                                                         const T* __restrict__ x,
+                                                         const T* __restrict__ g,
+                                                         const T* __restrict__ m, T m_scalar,
+                                                         Poly<T> q, T* __restrict__ dx,
+                                                         T* __restrict__ gm, ChannelSums* sums) {
   using V = typename VecOf<T>::type;
   constexpr int64_t W = sizeof(V) / sizeof(T);
   const V zero = {};
@@ -244,15 +259,23 @@ inline __attribute__((always_inline)) void backward_row(int64_t p, const T* __re
   V vm = zero, v0 = zero, v1 = zero, v2 = zero;
   int64_t i = 0;
   for (; i + W <= p; i += W) {
-    V xv, gv;
-    vload(xv, x + i);
-    vload(gv, g + i);
     if constexpr (PIXEL) vload(mv, m + i);
     const V one_m = one - mv;
-    const V pos = xv > zero ? one : zero;
-    const V qv = a + xv * (b + d * xv);
-    vstore(dx + i, gv * (mv * pos + one_m * (b + two_d * xv)));
-    const V gmv = gv * (xv * pos - qv);
+    V gmv = zero;
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      V xv, gv;
+      vload(xv, x + r * stride + i);
+      vload(gv, g + r * stride + i);
+      const V pos = xv > zero ? one : zero;
+      const V qv = a + xv * (b + d * xv);
+      vstore(dx + r * stride + i, gv * (mv * pos + one_m * (b + two_d * xv)));
+      gmv += gv * (xv * pos - qv);
+      const V gq = gv * one_m;
+      v0 += gq;
+      v1 += gq * xv;
+      v2 += gq * xv * xv;
+    }
     if constexpr (PIXEL) {
       V acc;
       vload(acc, gm + i);
@@ -260,29 +283,28 @@ inline __attribute__((always_inline)) void backward_row(int64_t p, const T* __re
     } else {
       vm += gmv;
     }
-    const V gq = gv * one_m;
-    v0 += gq;
-    v1 += gq * xv;
-    v2 += gq * xv * xv;
   }
   T sm = 0, s0 = 0, s1 = 0, s2 = 0;
   for (; i < p; ++i) {
-    const T xv = x[i], gv = g[i];
     const T ms = PIXEL ? m[i] : m_scalar;
     const T one_m = T(1) - ms;
-    const T pos = xv > T(0) ? T(1) : T(0);
-    const T qv = q.a + xv * (q.b + q.d * xv);
-    dx[i] = gv * (ms * pos + one_m * (q.b + T(2) * q.d * xv));
-    const T gmv = gv * (xv * pos - qv);
+    T gmv = 0;
+    for (int r = 0; r < R; ++r) {
+      const T xv = x[r * stride + i], gv = g[r * stride + i];
+      const T pos = xv > T(0) ? T(1) : T(0);
+      const T qv = q.a + xv * (q.b + q.d * xv);
+      dx[r * stride + i] = gv * (ms * pos + one_m * (q.b + T(2) * q.d * xv));
+      gmv += gv * (xv * pos - qv);
+      const T gq = gv * one_m;
+      s0 += gq;
+      s1 += gq * xv;
+      s2 += gq * xv * xv;
+    }
     if constexpr (PIXEL) {
       gm[i] += gmv;
     } else {
       sm += gmv;
     }
-    const T gq = gv * one_m;
-    s0 += gq;
-    s1 += gq * xv;
-    s2 += gq * xv * xv;
   }
   sums->gm += static_cast<double>(hsum<T>(vm) + sm);
   sums->d0 += static_cast<double>(hsum<T>(v0) + s0);
@@ -298,7 +320,7 @@ void backward_conv(const GateProblem& pr, const T* x, const T* g, const T* mask,
   const int64_t B = sp.batch_blocks;
   // Per-element mask gradients: batch block 0 accumulates into g_mask, blocks 1..B-1 into
   // scratch (each C*P, small next to x), added in order at the end.
-  std::vector<T> gm_part(PIXEL ? (B - 1) * C * P : 0);
+  std::unique_ptr<T[]> gm_part(PIXEL && B > 1 ? new T[(B - 1) * C * P] : nullptr);  // filled per task
   std::vector<ChannelSums> part(B * C);
   at::parallel_for(0, sp.tasks(), 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
@@ -306,27 +328,42 @@ void backward_conv(const GateProblem& pr, const T* x, const T* g, const T* mask,
       int64_t n0, n1, ca, cb;
       range_of(nb, B, N, &n0, &n1);
       range_of(t % sp.channel_chunks, sp.channel_chunks, C, &ca, &cb);
-      T* gm = PIXEL ? (nb == 0 ? g_mask : gm_part.data() + (nb - 1) * C * P) : nullptr;
+      T* gm = PIXEL ? (nb == 0 ? g_mask : gm_part.get() + (nb - 1) * C * P) : nullptr;
       if (PIXEL) std::fill(gm + ca * P, gm + cb * P, T(0));
       ChannelSums* sums = part.data() + nb * C;
-      for (int64_t n = n0; n < n1; ++n) {
+      for (int64_t n = n0; n < n1;) {
+        const bool group = n + kRowGroup <= n1;
         for (int64_t c = ca; c < cb; ++c) {
           const int64_t off = (n * C + c) * P;
           const T* m = PIXEL ? mask + c * P : nullptr;
           const T ms = PIXEL ? T(0) : (pr.mask_numel == 1 ? mask[0] : mask[c]);
-          backward_row<T, PIXEL>(P, x + off, g + off, m, ms, poly_of(pr, c0, c1, c2, c), dx + off,
-                                 PIXEL ? gm + c * P : nullptr, &sums[c]);
+          T* gmc = PIXEL ? gm + c * P : nullptr;
+          if (group) {
+            backward_rows<T, PIXEL, kRowGroup>(P, C * P, x + off, g + off, m, ms,
+                                               poly_of(pr, c0, c1, c2, c), dx + off, gmc, &sums[c]);
+          } else {
+            backward_rows<T, PIXEL, 1>(P, C * P, x + off, g + off, m, ms, poly_of(pr, c0, c1, c2, c),
+                                       dx + off, gmc, &sums[c]);
+          }
         }
+        n += group ? kRowGroup : 1;
       }
     }
   });
   if (PIXEL && B > 1) {
-    at::parallel_for(0, C * P, 4096, [&](int64_t begin, int64_t end) {
+    // Small next to x (one sample's worth per block): a second parallel region would cost
+    // more than it saves at the usual sizes.
+    auto add_blocks = [&](int64_t begin, int64_t end) {
       for (int64_t nb = 1; nb < B; ++nb) {
-        const T* src = gm_part.data() + (nb - 1) * C * P;
+        const T* src = gm_part.get() + (nb - 1) * C * P;
         for (int64_t i = begin; i < end; ++i) g_mask[i] += src[i];
       }
-    });
+    };
+    if ((B - 1) * C * P < (int64_t{1} << 20)) {
+      add_blocks(0, C * P);
+    } else {
+      at::parallel_for(0, C * P, 1 << 14, add_blocks);
+    }
   }
   double layer_gm = 0;
   for (int64_t c = 0; c < C; ++c) {

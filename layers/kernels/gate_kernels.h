@@ -48,11 +48,13 @@ void gate_backward_cpu(const GateProblem& pr, const double* x, const double* g, 
                        const double* c0, const double* c1, const double* c2, double* dx,
                        double* g_mask, double* dc);
 
-/// Instruction set the CPU kernels run with: "avx2" (x86-64 with AVX2+FMA, GCC builds) or
-/// "generic".
+/// Instruction set the CPU kernels run with: "avx512", "avx2" (x86-64, GCC builds, chosen at
+/// run time from the CPU) or "generic".
 const char* gate_cpu_isa();
-/// Force the generic CPU kernels (tests compare both code paths).
-void gate_cpu_force_generic(bool on);
+/// Choose the CPU code path: "generic", "avx2", "avx512", or "" for the best the CPU supports
+/// (the default). Returns false (and changes nothing) when this build or CPU lacks it. For
+/// tests and benchmarks that compare the code paths.
+bool gate_cpu_set_isa(const char* isa);
 
 // ---- CUDA (layers/kernels/gate_cuda.cu) ------------------------------------------------------
 
@@ -60,19 +62,17 @@ void gate_cpu_force_generic(bool on);
 /// accumulates in float32.
 enum class GateDtype { f32, f16, bf16 };
 
-/// Same contract as gate_forward_cpu; `moments` (2*c floats, device memory) may be null.
-/// Returns 0 or the cudaError_t of the launch.
+/// Same contract as gate_forward_cpu; `moments` (2*c floats, device memory, zero on entry)
+/// may be null. Returns 0 or the cudaError_t of the launch.
 int gate_forward_cuda(const GateProblem& pr, GateDtype dt, const void* x, const float* mask,
                       const float* c0, const float* c1, const float* c2, void* y, float* moments,
                       void* stream);
 
-/// Same contract as gate_backward_cpu, all pointers device memory. `workspace` must hold
-/// gate_backward_cuda_workspace(pr) floats. Returns 0 or the cudaError_t of the launch.
+/// Same contract as gate_backward_cpu, all pointers device memory, except that g_mask and dc
+/// must be zero on entry (they are accumulated with atomics across blocks, so float sums are
+/// not bit-reproducible run to run). Returns 0 or the cudaError_t of the launch.
 int gate_backward_cuda(const GateProblem& pr, GateDtype dt, const void* x, const void* g,
                        const float* mask, const float* c0, const float* c1, const float* c2, void* dx,
-                       float* g_mask, float* dc, float* workspace, void* stream);
-
-/// Floats of scratch memory gate_backward_cuda needs for `pr`.
-int64_t gate_backward_cuda_workspace(const GateProblem& pr);
+                       float* g_mask, float* dc, void* stream);
 
 }  // namespace autorep::layers::kernels

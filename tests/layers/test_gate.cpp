@@ -1,5 +1,8 @@
-#include <catch2/catch.hpp>
+// LibTorch pulls in glog, whose CHECK(cond) aborts instead of recording a Catch assertion:
+// include torch first and let Catch own CHECK.
 #include <torch/torch.h>
+#undef CHECK
+#include <catch2/catch.hpp>
 
 #include <cmath>
 #include <sstream>
@@ -114,14 +117,15 @@ TEST_CASE("fused gate matches the composite reference: outputs and every gradien
 TEST_CASE("every CPU code path (ISA, thread count) gives the composite's results", "[gate][fused]") {
   torch::manual_seed(11);
   const int threads = torch::get_num_threads();
-  for (bool generic : {false, true}) {
+  for (const char* isa : {"generic", "avx2", "avx512"}) {
+    if (!kernels::gate_cpu_set_isa(isa)) continue;  // not on this CPU / build
     for (int t : {1, 3}) {
-      kernels::gate_cpu_force_generic(generic);
       torch::set_num_threads(t);
       for (std::vector<int64_t> shape : {std::vector<int64_t>{5, 4, 3, 7}, std::vector<int64_t>{2, 5, 6, 6},
                                          std::vector<int64_t>{1, 3, 9, 9}, std::vector<int64_t>{4, 37}}) {
         for (std::string gran : {"pixel", "channel", "layer"}) {
-          CAPTURE(generic, t, shape, gran, kernels::gate_cpu_isa());
+          CAPTURE(isa, t, shape, gran, kernels::gate_cpu_isa());
+          REQUIRE(std::string(kernels::gate_cpu_isa()) == isa);
           const auto in = make_inputs(shape, gran, torch::kDouble);
           torch::Tensor moments;
           auto y = gate_fused(in.x, in.aux, in.mask, in.c0, in.c1, in.c2, 1.0, 0.1, 2, &moments);
@@ -140,7 +144,8 @@ TEST_CASE("every CPU code path (ISA, thread count) gives the composite's results
       }
     }
   }
-  kernels::gate_cpu_force_generic(false);
+  CHECK(kernels::gate_cpu_set_isa(""));
+  CHECK_FALSE(kernels::gate_cpu_set_isa("neon"));
   torch::set_num_threads(threads);
 }
 
@@ -403,6 +408,7 @@ TEST_CASE("save/load keeps masks, aux, coefficients, running statistics and the 
   std::stringstream buf;
   torch::save(model, buf);
   auto loaded = make();
+  REQUIRE(gates(*loaded).at(0)->step() == 0);  // a cached step must not survive the load
   torch::load(loaded, buf);
   const auto a = model->named_buffers(), b = loaded->named_buffers();
   REQUIRE(a.size() == b.size());
@@ -557,3 +563,49 @@ TEST_CASE("frozen gates give aux no gradient", "[gate]") {
   CHECK_FALSE(g->aux().grad().defined());
   CHECK(g->c0().grad().defined());
 }
+
+#ifdef AUTOREP_WITH_CUDA
+TEST_CASE("CUDA kernels match the composite reference (float32, float16, bfloat16)", "[gate][cuda]") {
+  if (!torch::cuda::is_available()) {
+    WARN("built with CUDA kernels but no CUDA device is available: skipped");
+    return;
+  }
+  torch::manual_seed(12);
+  const torch::Device dev(torch::kCUDA);
+  for (std::vector<int64_t> shape : {std::vector<int64_t>{6, 5, 7, 9}, std::vector<int64_t>{3, 4, 20, 20},
+                                     std::vector<int64_t>{64, 300}}) {
+    for (std::string gran : {"pixel", "channel", "layer"}) {
+      for (auto dt : {torch::kFloat, torch::kHalf, torch::kBFloat16}) {
+        CAPTURE(shape, gran, dt);
+        const auto in = make_inputs(shape, gran, torch::kDouble);
+        // Inputs rounded to the element type, everything else float32, on the GPU.
+        auto xg = in.x.detach().to(dt).to(dev).requires_grad_(true);
+        auto aux = in.aux.detach().to(torch::kFloat).to(dev).requires_grad_(true);
+        auto c0 = in.c0.detach().to(torch::kFloat).to(dev).requires_grad_(true);
+        auto c1 = in.c1.detach().to(torch::kFloat).to(dev).requires_grad_(true);
+        auto c2 = in.c2.detach().to(torch::kFloat).to(dev).requires_grad_(true);
+        torch::Tensor moments;
+        auto y = gate_fused(xg, aux, in.mask.to(torch::kFloat).to(dev), c0, c1, c2, 1.0, 0.1, 2, &moments);
+        auto grads = torch::autograd::grad({y}, {xg, aux, c0, c1, c2}, {in.g.to(dt).to(dev)});
+        const double tol = dt == torch::kFloat ? 1e-4 : 5e-2;
+        const auto cpu = [](const torch::Tensor& t) { return t.to(torch::kCPU).to(torch::kDouble); };
+        // Compare against the reference evaluated at the rounded inputs.
+        GateInputs r = in;
+        r.x = in.x.detach().to(dt).to(torch::kDouble).requires_grad_(true);
+        r.g = in.g.to(dt).to(torch::kDouble);
+        const auto rr = run_gate(r, false, 2);
+        const double scale = rr.dc2.abs().max().item<double>() + 1;
+        CHECK(torch::allclose(cpu(y), rr.y, tol, tol));
+        CHECK(torch::allclose(cpu(grads[0]), rr.dx, tol, tol));
+        CHECK(torch::allclose(cpu(grads[1]), rr.daux, 1e-3, 1e-3 * scale));
+        CHECK(torch::allclose(cpu(grads[2]), rr.dc0, 1e-3, 1e-3 * scale));
+        CHECK(torch::allclose(cpu(grads[3]), rr.dc1, 1e-3, 1e-3 * scale));
+        CHECK(torch::allclose(cpu(grads[4]), rr.dc2, 1e-3, 1e-3 * scale));
+        std::vector<int64_t> dims{0};
+        for (size_t d = 2; d < shape.size(); ++d) dims.push_back(static_cast<int64_t>(d));
+        CHECK(torch::allclose(cpu(moments[0]), r.x.detach().sum(dims), 1e-3, 1e-2));
+      }
+    }
+  }
+}
+#endif

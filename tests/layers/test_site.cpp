@@ -1,5 +1,8 @@
-#include <catch2/catch.hpp>
+// LibTorch pulls in glog, whose CHECK(cond) aborts instead of recording a Catch assertion:
+// include torch first and let Catch own CHECK.
 #include <torch/torch.h>
+#undef CHECK
+#include <catch2/catch.hpp>
 
 #include "layers/site.h"
 

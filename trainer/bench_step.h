@@ -1,0 +1,28 @@
+#pragma once
+/// `autorep bench step`: a baseline training step against a search step on the same model and
+/// batch, measured interleaved in one run.
+
+#include <cstdint>
+#include <ostream>
+#include <string>
+#include <vector>
+
+namespace autorep::trainer {
+
+struct StepBenchOptions {
+  std::string model = "resnet20";
+  std::vector<int64_t> input{1, 28, 28};
+  int64_t batch = 128;
+  int64_t classes = 10;
+  std::string device = "cpu";
+  int iters = 10;   ///< timed iterations of each step (median reported)
+  int warmup = 3;
+};
+
+/// Baseline step: forward, cross-entropy, backward, SGD step on the all-ReLU model.
+/// Search step: the gated student's forward and backward (fused gates), the teacher's forward
+/// under no-grad, CE + KD + lambda*relu(rho - rho*), Adam step over weights, aux and
+/// coefficients, hysteresis. Prints both (median ms) and ends with `search_over_baseline=<ratio>`.
+int run_step_bench(const StepBenchOptions& options, std::ostream& out);
+
+}  // namespace autorep::trainer

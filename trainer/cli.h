@@ -1,0 +1,33 @@
+#pragma once
+/// Subcommands of the `autorep` executable. Each group adds its subcommands to the app and
+/// returns, per subcommand, the function that runs it once the command line is parsed.
+
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace CLI {
+class App;
+}
+
+namespace autorep::trainer {
+
+struct Command {
+  CLI::App* app = nullptr;     ///< the parsed subcommand
+  std::function<int()> run;    ///< runs it; returns the exit status
+};
+using Commands = std::vector<Command>;
+
+/// train, eval, count
+void add_training_commands(CLI::App& app, Commands& out);
+/// bench gate, bench step
+void add_bench_commands(CLI::App& app, Commands& out);
+/// export, inspect, verify (the autorep.relu-mask export, trainer/cli_export.cpp)
+void add_export_commands(CLI::App& app, Commands& out);
+
+/// 1,234,567
+std::string with_commas(int64_t v);
+/// 3x32x32
+std::string shape_text(const std::vector<int64_t>& shape);
+
+}  // namespace autorep::trainer

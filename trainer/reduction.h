@@ -1,0 +1,23 @@
+#pragma once
+/// The ReLU-reduction methods (autorep, snl, uniform, random): a gate at every site, a teacher
+/// to start from and distil, masks brought to an exact budget, a finetune with masks frozen.
+
+#include <memory>
+
+#include "layers/gate.h"
+#include "trainer/config.h"
+#include "trainer/method.h"
+
+namespace autorep::trainer {
+
+/// GateOptions (shape left empty) from the `gate` config section.
+layers::GateOptions gate_options(const GateConfig& config);
+
+/// The reduction method named by config.method; nullptr when it is not one.
+std::unique_ptr<Method> make_reduction_method(const Config& config);
+
+/// Loads the teacher checkpoint of a reduction run and checks it matches the student spec.
+/// Throws naming search.teacher for a missing, unreadable or incompatible checkpoint.
+Net load_teacher(const Config& config, const ModelSpec& student);
+
+}  // namespace autorep::trainer
