@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 #include <random>
 
@@ -49,7 +50,7 @@ int64_t keep_top_scores(const GateList& gates, const std::vector<torch::Tensor>&
   }
   torch::NoGradGuard no_grad;
   for (size_t g = 0; g < gates.size(); ++g) {
-    auto& m = const_cast<torch::Tensor&>(gates[g]->mask());
+    const auto& m = gates[g]->mask();
     m.copy_(masks[g].view(m.sizes()));
   }
   return kept;
@@ -78,12 +79,31 @@ int64_t uniform_masks(const GateList& gates, const std::vector<torch::Tensor>& s
   TORCH_CHECK(scores.size() == gates.size(), "uniform_masks: one score tensor per gate expected");
   const int64_t total = total_gate_relus(gates);
   const double fraction = total > 0 ? static_cast<double>(budget) / static_cast<double>(total) : 0.0;
-  int64_t kept = 0;
+  // Each site's quota is fraction * entries, rounded down; the ReLUs left over go one entry at a
+  // time to the sites with the largest rounded-off remainders (ties: site order), so every site
+  // keeps the same fraction to within one entry and pixel granularity meets the budget exactly.
+  std::vector<int64_t> keep(gates.size());
+  std::vector<double> remainder(gates.size());
+  int64_t used = 0;
   for (size_t g = 0; g < gates.size(); ++g) {
-    const int64_t entries = gates[g]->mask().numel();
-    const int64_t keep = static_cast<int64_t>(std::floor(fraction * static_cast<double>(entries) + 1e-9));
-    kept += keep_top_scores({gates[g]}, {scores[g]}, keep * elements_per_entry(*gates[g]));
+    const double quota = fraction * static_cast<double>(gates[g]->mask().numel());
+    keep[g] = std::min<int64_t>(gates[g]->mask().numel(), static_cast<int64_t>(std::floor(quota + 1e-9)));
+    remainder[g] = quota - static_cast<double>(keep[g]);
+    used += keep[g] * elements_per_entry(*gates[g]);
   }
+  std::vector<size_t> order(gates.size());
+  std::iota(order.begin(), order.end(), size_t{0});
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return remainder[a] > remainder[b]; });
+  for (size_t g : order) {
+    const int64_t w = elements_per_entry(*gates[g]);
+    if (keep[g] < gates[g]->mask().numel() && used + w <= budget) {
+      ++keep[g];
+      used += w;
+    }
+  }
+  int64_t kept = 0;
+  for (size_t g = 0; g < gates.size(); ++g)
+    kept += keep_top_scores({gates[g]}, {scores[g]}, keep[g] * elements_per_entry(*gates[g]));
   TORCH_INTERNAL_ASSERT(kept <= budget);
   return kept;
 }

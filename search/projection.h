@@ -24,8 +24,10 @@ int64_t project_to_budget(const GateList& gates, int64_t budget);
 /// `random`: a uniformly random set of entries at the budget (seeded).
 int64_t random_masks(const GateList& gates, int64_t budget, uint64_t seed);
 
-/// `uniform`: the same kept fraction budget/total at every site; within a site the entries
-/// with the largest `scores` (e.g. mean |activation|) are kept. Returns the kept count (<= budget).
+/// `uniform`: the same kept fraction budget/total at every site (to within one entry: the
+/// rounded-off remainders are handed out largest first); within a site the entries with the
+/// largest `scores` (e.g. mean |activation|) are kept. Returns the kept count (<= budget; equal
+/// with pixel granularity).
 int64_t uniform_masks(const GateList& gates, const std::vector<torch::Tensor>& scores, int64_t budget);
 
 /// Total ReLU elements over the gates.

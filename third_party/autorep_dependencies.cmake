@@ -46,6 +46,10 @@ autorep_require(JPEG_FOUND "libjpeg (libjpeg-turbo)" "libjpeg-dev")
 
 find_package(Threads REQUIRED)
 
+# Debian's LibTorch runs at::parallel_for as an inline `#pragma omp parallel`: every source that
+# uses it must be compiled with OpenMP, or it silently runs on one thread.
+find_package(OpenMP COMPONENTS CXX)
+
 if(AUTOREP_BUILD_TESTS)
   find_package(Catch2 2 QUIET)
   if(NOT Catch2_FOUND)
@@ -68,9 +72,12 @@ function(autorep_library name)
   add_library(${name} STATIC ${ARGN})
   target_include_directories(${name} PUBLIC ${PROJECT_SOURCE_DIR})
   target_link_libraries(${name} PUBLIC ${TORCH_LIBRARIES} nlohmann_json::nlohmann_json Threads::Threads)
+  if(OpenMP_CXX_FOUND)
+    target_link_libraries(${name} PUBLIC OpenMP::OpenMP_CXX)
+  endif()
   target_compile_options(${name} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Wno-unused-parameter>)
   # Every source includes LibTorch; one precompiled header per target saves most of the compile time.
-  target_precompile_headers(${name} PRIVATE <torch/torch.h>)
+  target_precompile_headers(${name} PRIVATE "$<$<COMPILE_LANGUAGE:CXX>:<torch/torch.h>>")
   if(AUTOREP_TORCH_CXX_FLAGS)
     separate_arguments(_flags UNIX_COMMAND "${AUTOREP_TORCH_CXX_FLAGS}")
     target_compile_options(${name} PUBLIC $<$<COMPILE_LANGUAGE:CXX>:${_flags}>)

@@ -24,6 +24,8 @@ void add_training_commands(CLI::App& app, Commands& out);
 void add_bench_commands(CLI::App& app, Commands& out);
 /// export, inspect, verify (the autorep.relu-mask export, trainer/cli_export.cpp)
 void add_export_commands(CLI::App& app, Commands& out);
+/// sweep (trainer/cli_sweep.cpp)
+void add_sweep_commands(CLI::App& app, Commands& out);
 
 /// 1,234,567
 std::string with_commas(int64_t v);

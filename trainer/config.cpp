@@ -11,7 +11,8 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(DataOptions, name, path, batch_s
                                                 crop_padding, flip, image_size, limit_train, limit_test)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(ModelOptions, name, stem_relu)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(OptimOptions, name, lr, momentum, nesterov, weight_decay,
-                                                beta1, beta2, schedule, warmup_epochs, min_lr)
+                                                beta1, beta2, schedule, warmup_epochs, min_lr,
+                                                grad_clip)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(DapaConfig, enabled, sigma, var_floor, w0_div, w2_div,
                                                 refit_every, refit_until)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(GateConfig, granularity, degree, scale1, scale2, threshold,
@@ -104,6 +105,7 @@ void check_optim(const std::string& source, const std::string& path, const Optim
   check_positive(source, path + ".lr", o.lr);
   if (o.weight_decay < 0) fail(source, path + ".weight_decay", "must be >= 0");
   if (o.warmup_epochs < 0) fail(source, path + ".warmup_epochs", "must be >= 0");
+  if (o.grad_clip < 0) fail(source, path + ".grad_clip", "must be >= 0 (0 turns clipping off)");
 }
 
 void validate(const Config& c, const std::string& source) {

@@ -31,6 +31,7 @@ struct OptimOptions {
   std::string schedule = "cosine";  ///< cosine | constant
   double warmup_epochs = 0.0;       ///< linear warm-up from 0 over this many epochs
   double min_lr = 0.0;              ///< cosine floor
+  double grad_clip = 0.0;           ///< clip the global gradient norm to this (0: off)
 };
 
 /// `gate.dapa` section: distribution-aware polynomial fit (DESIGN.md §3).
@@ -72,10 +73,11 @@ struct SearchOptions {
   double lambda_min = 1.0;
   double lambda_max = 1e4;
   double aux_lr = -1.0;          ///< learning rate of aux (-1: optim.lr of the search phase)
-  OptimOptions search_optim{"adam", 1e-3, 0.9, false, 0.0, 0.9, 0.999, "cosine", 0.0, 1e-5};
-  OptimOptions finetune_optim{"sgd", 0.01, 0.9, true, 5e-4, 0.9, 0.999, "cosine", 0.0, 0.0};
+  OptimOptions search_optim{"adam", 1e-3, 0.9, false, 0.0, 0.9, 0.999, "cosine", 0.0, 1e-5, 5.0};
+  /// Polynomial sites make freshly masked models fragile: the finetune clips gradients.
+  OptimOptions finetune_optim{"sgd", 0.01, 0.9, true, 5e-4, 0.9, 0.999, "cosine", 0.0, 0.0, 5.0};
   KdConfig kd;
-  double snl_l1 = 1e-5;          ///< snl: initial L1 weight on the slopes
+  double snl_l1 = 5.0;           ///< snl: initial weight of the L1 term (mean |alpha| over ReLUs)
   double snl_growth = 1.1;       ///< snl: L1 weight factor per epoch while over budget
 };
 

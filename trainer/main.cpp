@@ -2,12 +2,18 @@
 #include <CLI/CLI.hpp>
 #include <torch/torch.h>
 
+#include <malloc.h>
+
 #include <iostream>
 
 #include "trainer/cli.h"
 
 int main(int argc, char** argv) {
   using namespace autorep::trainer;
+  // Training allocates and frees the same large activation buffers every step; glibc's defaults
+  // return them to the system and page-fault them back in each time.
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
   CLI::App app{"autorep: learn which ReLUs a CNN keeps under a ReLU budget, replace the rest by polynomials, "
                "and export masks for private inference"};
   app.require_subcommand(1);
@@ -15,6 +21,7 @@ int main(int argc, char** argv) {
   Commands commands;
   add_training_commands(app, commands);
   add_export_commands(app, commands);
+  add_sweep_commands(app, commands);
   add_bench_commands(app, commands);
   try {
     app.parse(argc, argv);

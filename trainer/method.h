@@ -77,8 +77,9 @@ class Method {
                           const torch::Tensor& logits);
   /// Called right after each optimiser step.
   virtual void after_step(TrainContext& ctx) {}
-  /// Adds method-specific numbers to the epoch's metrics line.
-  virtual void epoch_metrics(TrainContext& ctx, nlohmann::json& metrics) {}
+  /// Called at the end of each training epoch (before evaluation); adds method-specific
+  /// numbers to the epoch's metrics line.
+  virtual void on_epoch_end(TrainContext& ctx, nlohmann::json& metrics) {}
   /// Short text appended to the progress line (e.g. kept ReLUs against the budget).
   virtual std::string progress(TrainContext& ctx) const { return ""; }
   /// Whether a checkpoint of this epoch may become best.pt (e.g. only once masks are final).

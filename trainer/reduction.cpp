@@ -10,6 +10,7 @@
 #include "search/magnitude.h"
 #include "search/objective.h"
 #include "search/projection.h"
+#include "search/snl.h"
 #include "trainer/data.h"
 #include "trainer/export_run.h"
 #include "trainer/train.h"
@@ -113,6 +114,7 @@ class ReductionMethod : public Method {
 
   std::vector<ParamGroup> param_groups(TrainContext& ctx, const Phase& phase) override {
     if (phase.name == "finetune") {
+      search::snl_set_relaxed(gates_, false);
       layers::set_frozen(*ctx.model, true);
       masks_final_ = true;
       ParamGroup weights{weight_parameters(*ctx.model), phase.optim.lr, phase.optim.weight_decay};
@@ -142,7 +144,7 @@ class ReductionMethod : public Method {
 
   bool may_be_best(const TrainContext&, const Phase& phase) const override { return phase.name == "finetune"; }
 
-  void epoch_metrics(TrainContext& ctx, nlohmann::json& m) override {
+  void on_epoch_end(TrainContext& ctx, nlohmann::json& m) override {
     nlohmann::json sites = nlohmann::json::object();
     for (const auto& s : ctx.model->sites()) sites[s.name] = s.activation().kept_relus();
     m["kept_per_site"] = sites;
@@ -209,8 +211,8 @@ class AutorepMethod : public ReductionMethod {
     lambda_.update(last_rho_, rho_target());
   }
 
-  void epoch_metrics(TrainContext& ctx, nlohmann::json& m) override {
-    ReductionMethod::epoch_metrics(ctx, m);
+  void on_epoch_end(TrainContext& ctx, nlohmann::json& m) override {
+    ReductionMethod::on_epoch_end(ctx, m);
     m["lambda"] = lambda_.value();
   }
 
@@ -304,10 +306,82 @@ class UniformMethod : public FixedMaskMethod {
   }
 };
 
+// SNL: relaxed slopes alpha*relu(x) + (1-alpha)*x under an L1 penalty whose weight grows by
+// search.snl_growth per epoch while more ReLUs than the budget are alive; then the budget's worth
+// of largest slopes keep their ReLU, the rest become the identity, and the model finetunes.
+class SnlMethod : public ReductionMethod {
+ public:
+  explicit SnlMethod(const Config& config) : ReductionMethod(config), l1_weight_(config.search.snl_l1) {}
+
+  layers::ActivationFactory factory() const override {
+    return search::snl_gate_factory(gate_options(config_.gate));
+  }
+
+  std::vector<Phase> phases() const override {
+    const auto& s = config_.search;
+    return {Phase{"search", 0, s.search_epochs, s.search_optim},
+            Phase{"finetune", s.search_epochs, config_.train.epochs - s.search_epochs, s.finetune_optim}};
+  }
+
+  void on_phase_begin(TrainContext& ctx, const Phase& phase) override {
+    if (phase.name != "finetune") return;
+    std::vector<torch::Tensor> alpha;
+    for (const auto& g : gates_) alpha.push_back(g->aux());
+    const int64_t alive = search::snl_alive(gates_);
+    const int64_t kept = search::keep_top_scores(gates_, alpha, budget_);
+    ctx.log("snl threshold: " + std::to_string(alive) + " slopes alive; kept the " + std::to_string(kept) +
+            " largest (budget " + std::to_string(budget_) + "), the rest become the identity");
+  }
+
+  void after_step(TrainContext&) override {
+    if (!masks_final_) search::snl_clamp(gates_);
+  }
+
+  void on_epoch_end(TrainContext& ctx, nlohmann::json& m) override {
+    ReductionMethod::on_epoch_end(ctx, m);
+    m["l1_weight"] = l1_weight_;
+    if (masks_final_) return;
+    const int64_t alive = search::snl_alive(gates_);
+    m["alive"] = alive;
+    if (alive > budget_) l1_weight_ *= config_.search.snl_growth;
+  }
+
+  std::string progress(TrainContext& ctx) const override {
+    if (masks_final_) return ReductionMethod::progress(ctx);
+    return "alive " + std::to_string(search::snl_alive(gates_)) + "/" + std::to_string(budget_);
+  }
+
+  nlohmann::json state() const override {
+    auto s = ReductionMethod::state();
+    s["l1_weight"] = l1_weight_;
+    return s;
+  }
+  void load_state(const nlohmann::json& s) override { l1_weight_ = s.at("l1_weight").get<double>(); }
+
+ protected:
+  std::vector<ParamGroup> search_groups(TrainContext& ctx, const Phase& phase) override {
+    search::snl_set_relaxed(gates_, true);
+    const double aux_lr = config_.search.aux_lr > 0 ? config_.search.aux_lr : phase.optim.lr;
+    return {ParamGroup{weight_parameters(*ctx.model), phase.optim.lr, phase.optim.weight_decay},
+            ParamGroup{layers::aux_parameters(*ctx.model), aux_lr, 0.0}};
+  }
+
+  void add_penalty(TrainContext&, LossOutput& out) override {
+    if (masks_final_) return;
+    auto l1 = search::snl_l1(gates_);
+    out.loss = out.loss + l1_weight_ * l1;
+    out.parts.emplace_back("l1", l1.item<double>());
+  }
+
+ private:
+  double l1_weight_;
+};
+
 }  // namespace
 
 std::unique_ptr<Method> make_reduction_method(const Config& config) {
   if (config.method == "autorep") return std::make_unique<AutorepMethod>(config);
+  if (config.method == "snl") return std::make_unique<SnlMethod>(config);
   if (config.method == "random") return std::make_unique<RandomMethod>(config);
   if (config.method == "uniform") return std::make_unique<UniformMethod>(config);
   return nullptr;

@@ -386,6 +386,7 @@ RunResult run_training(const Config& config, const RunOptions& options) {
       LossOutput lo = method->loss(ctx, x, y, logits);
       optimizer->zero_grad();
       lo.loss.backward();
+      if (phase.optim.grad_clip > 0) torch::nn::utils::clip_grad_norm_(ctx.model->parameters(), phase.optim.grad_clip);
       optimizer->step();
       ++ctx.global_step;
       ++ctx.phase_step;
@@ -437,7 +438,7 @@ RunResult run_training(const Config& config, const RunOptions& options) {
                         {"seconds", epoch_secs},
                         {"kept_relus", layers::kept_relus(ctx.model->sites())},
                         {"total_relus", layers::total_relus(ctx.model->sites())}};
-    method->epoch_metrics(ctx, m);
+    method->on_epoch_end(ctx, m);
     append_jsonl(metrics_path, m);
     const bool last_epoch = epoch + 1 == epochs;
     const bool do_eval = last_epoch || (config.train.eval_every > 0 && (epoch + 1) % config.train.eval_every == 0);

@@ -1,8 +1,4 @@
-// LibTorch pulls in glog, whose CHECK(cond) aborts instead of recording a Catch assertion:
-// include torch first and let Catch own CHECK.
-#include <torch/torch.h>
-#undef CHECK
-#include <catch2/catch.hpp>
+#include "tests/torch_catch.h"
 
 #include "layers/site.h"
 

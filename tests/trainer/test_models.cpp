@@ -1,5 +1,4 @@
-#include <catch2/catch.hpp>
-#include <torch/torch.h>
+#include "tests/torch_catch.h"
 
 #include <set>
 

@@ -1,0 +1,141 @@
+#include "tests/torch_catch.h"
+
+#include <filesystem>
+
+#include "layers/gate.h"
+#include "trainer/config.h"
+#include "trainer/reduction.h"
+#include "trainer/train.h"
+
+using namespace autorep;
+using namespace autorep::trainer;
+namespace fs = std::filesystem;
+
+namespace {
+
+bool have_data() { return fs::exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"); }
+
+fs::path dir(const std::string& name) {
+  auto p = fs::temp_directory_path() / ("autorep-red-" + name + "-" + std::to_string(::getpid()));
+  fs::remove_all(p);
+  return p;
+}
+
+Config tiny(const std::string& method) {
+  Config c;
+  c.method = method;
+  c.model.name = "cnn-small";
+  c.data.limit_train = 512;
+  c.data.limit_test = 256;
+  c.data.batch_size = 64;
+  c.train.threads = 2;
+  c.train.device = "cpu";
+  c.train.checkpoint_interval_s = 0;
+  c.optim.lr = 0.05;
+  c.train.epochs = method == "baseline" ? 1 : 3;
+  c.search.search_epochs = 2;
+  c.search.budget = "5%";
+  c.search.aux_lr = 0.05;
+  return c;
+}
+
+// A teacher shared by the tests of this file (trained once).
+const std::string& teacher() {
+  static std::string path = [] {
+    const auto d = dir("teacher");
+    RunOptions o;
+    o.out_dir = d.string();
+    o.quiet = true;
+    run_training(tiny("baseline"), o);
+    return (d / "checkpoints" / "best.pt").string();
+  }();
+  return path;
+}
+
+RunResult run(Config c, const fs::path& out, int64_t stop = -1, bool resume = false) {
+  c.search.teacher = teacher();
+  RunOptions o;
+  o.out_dir = out.string();
+  o.quiet = true;
+  o.stop_after_steps = stop;
+  o.resume = resume;
+  return run_training(c, o);
+}
+
+std::vector<torch::Tensor> masks_of(const std::string& checkpoint) {
+  LoadedModel m = load_model(checkpoint);
+  std::vector<torch::Tensor> out;
+  for (const auto& g : layers::gates(*m.model)) out.push_back(g->mask().clone());
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("every method and granularity ends within the exact budget and exports", "[reduction]") {
+  if (!have_data()) {
+    WARN("Fashion-MNIST not installed; skipped");
+    return;
+  }
+  for (const std::string method : {"autorep", "snl", "uniform", "random"}) {
+    for (const std::string g : {"pixel", "channel"}) {
+      Config c = tiny(method);
+      c.gate.granularity = g;
+      c.train.epochs = 2;
+      c.search.search_epochs = 1;
+      const auto out = dir(method + g);
+      const RunResult r = run(c, out);
+      INFO(method << " " << g);
+      REQUIRE(r.completed);
+      const int64_t budget = 944;  // 5% of cnn-small's 18,880 ReLUs at 1x28x28
+      CHECK(r.kept_relus <= budget);
+      if (g == "pixel") CHECK(r.kept_relus == budget);
+      CHECK(fs::exists(out / "export" / "mask.json"));
+      CHECK(fs::exists(out / "checkpoints" / "best.pt"));
+      fs::remove_all(out);
+    }
+  }
+}
+
+TEST_CASE("budget 0 and budget = all ReLUs", "[reduction]") {
+  if (!have_data()) return;
+  for (const nlohmann::json budget : {nlohmann::json(0), nlohmann::json("100%")}) {
+    Config c = tiny("autorep");
+    c.train.epochs = 2;
+    c.search.search_epochs = 1;
+    c.search.budget = budget;
+    const auto out = dir("edge");
+    const RunResult r = run(c, out);
+    CHECK(r.kept_relus == (budget == 0 ? 0 : r.total_relus));
+    fs::remove_all(out);
+  }
+}
+
+TEST_CASE("an autorep run interrupted in search and in finetune ends with the same masks", "[reduction][resume]") {
+  if (!have_data()) return;
+  const Config c = tiny("autorep");  // 8 steps per epoch: search steps 1-16, finetune 17-24
+  const auto a = dir("full"), b = dir("interrupted");
+  REQUIRE(run(c, a).completed);
+  REQUIRE_FALSE(run(c, b, 5).completed);
+  REQUIRE_FALSE(run(c, b, 13, true).completed);  // across the projection into finetune
+  REQUIRE(run(c, b, -1, true).completed);
+  const auto ma = masks_of((a / "checkpoints" / "last.pt").string());
+  const auto mb = masks_of((b / "checkpoints" / "last.pt").string());
+  REQUIRE(ma.size() == mb.size());
+  for (size_t i = 0; i < ma.size(); ++i) CHECK(torch::equal(ma[i], mb[i]));
+  fs::remove_all(a);
+  fs::remove_all(b);
+}
+
+TEST_CASE("missing or incompatible teachers are clear errors", "[reduction][config]") {
+  if (!have_data()) return;
+  Config c = tiny("autorep");
+  ModelSpec student{"cnn-small", {1, 28, 28}, 10, true};
+  c.search.teacher = "";
+  CHECK_THROWS_WITH(load_teacher(c, student), Catch::Contains("search.teacher") && Catch::Contains("needs a teacher"));
+  c.search.teacher = "/nonexistent/best.pt";
+  CHECK_THROWS_WITH(load_teacher(c, student), Catch::Contains("search.teacher: /nonexistent/best.pt: no such file"));
+  c.search.teacher = teacher();
+  ModelSpec other{"resnet20", {1, 28, 28}, 10, true};
+  CHECK_THROWS_WITH(load_teacher(c, other), Catch::Contains("search.teacher") && Catch::Contains("must match"));
+  CHECK_NOTHROW(load_teacher(c, student));
+}
