@@ -26,9 +26,11 @@ export_json="$out/autorep/export/mask.json"
 $bin inspect "$export_json" | tail -n 4
 $bin verify --export "$export_json" --checkpoint "$out/autorep/checkpoints/best.pt"
 
-acc() { grep '"type":"eval"' "$1/metrics.jsonl" | sed 's/.*"test_accuracy":\([0-9.e-]*\).*/\1/' | sort -g | tail -1; }
+# Best test accuracy of a phase (the reduced model's best.pt is the best finetune epoch).
+acc() { grep '"type":"eval"' "$1/metrics.jsonl" | grep "\"phase\":\"$2\"" |
+        sed 's/.*"test_accuracy":\([0-9.e-]*\).*/\1/' | sort -g | tail -1; }
 relus() { grep '"type":"eval"' "$1/metrics.jsonl" | tail -1 | sed 's/.*"kept_relus":\([0-9]*\).*/\1/'; }
-base_acc=$(acc "$out/baseline"); red_acc=$(acc "$out/autorep")
+base_acc=$(acc "$out/baseline" train); red_acc=$(acc "$out/autorep" finetune)
 echo
 echo "== summary ($(( $(date +%s) - start )) s)"
 pct() { awk -v a="$1" 'BEGIN { printf "%.2f%%", a * 100 }'; }
