@@ -98,6 +98,13 @@ class ReductionMethod : public Method {
 
   layers::ActivationFactory factory() const override { return layers::gate_factory(gate_options(config_.gate)); }
 
+  /// search.search_epochs of search, then finetune for the rest of train.epochs.
+  std::vector<Phase> phases() const override {
+    const auto& s = config_.search;
+    return {Phase{"search", 0, s.search_epochs, s.search_optim},
+            Phase{"finetune", s.search_epochs, config_.train.epochs - s.search_epochs, s.finetune_optim}};
+  }
+
   void prepare(TrainContext& ctx, bool resuming) override {
     teacher_ = load_teacher(config_, ctx.model->spec());
     if (!resuming) init_from_teacher(*ctx.model, *teacher_);
@@ -173,6 +180,7 @@ class ReductionMethod : public Method {
     return Method::param_groups(ctx, phase);
   }
   virtual void add_penalty(TrainContext& ctx, LossOutput& out) {}
+  double aux_lr(const Phase& phase) const { return config_.search.aux_lr > 0 ? config_.search.aux_lr : phase.optim.lr; }
 
   Config config_;
   Net teacher_;
@@ -190,12 +198,6 @@ class AutorepMethod : public ReductionMethod {
       : ReductionMethod(config),
         lambda_(config.search.lambda_mode, config.search.lambda, config.search.lambda_growth,
                 config.search.lambda_decay, config.search.lambda_min, config.search.lambda_max) {}
-
-  std::vector<Phase> phases() const override {
-    const auto& s = config_.search;
-    return {Phase{"search", 0, s.search_epochs, s.search_optim},
-            Phase{"finetune", s.search_epochs, config_.train.epochs - s.search_epochs, s.finetune_optim}};
-  }
 
   void on_phase_begin(TrainContext& ctx, const Phase& phase) override {
     if (phase.name != "finetune") return;
@@ -225,9 +227,8 @@ class AutorepMethod : public ReductionMethod {
 
  protected:
   std::vector<ParamGroup> search_groups(TrainContext& ctx, const Phase& phase) override {
-    const double aux_lr = config_.search.aux_lr > 0 ? config_.search.aux_lr : phase.optim.lr;
     return {ParamGroup{weight_parameters(*ctx.model), phase.optim.lr, phase.optim.weight_decay},
-            ParamGroup{layers::aux_parameters(*ctx.model), aux_lr, 0.0},
+            ParamGroup{layers::aux_parameters(*ctx.model), aux_lr(phase), 0.0},
             ParamGroup{layers::coefficient_parameters(*ctx.model), phase.optim.lr, 0.0}};
   }
 
@@ -317,12 +318,6 @@ class SnlMethod : public ReductionMethod {
     return search::snl_gate_factory(gate_options(config_.gate));
   }
 
-  std::vector<Phase> phases() const override {
-    const auto& s = config_.search;
-    return {Phase{"search", 0, s.search_epochs, s.search_optim},
-            Phase{"finetune", s.search_epochs, config_.train.epochs - s.search_epochs, s.finetune_optim}};
-  }
-
   void on_phase_begin(TrainContext& ctx, const Phase& phase) override {
     if (phase.name != "finetune") return;
     std::vector<torch::Tensor> alpha;
@@ -361,9 +356,8 @@ class SnlMethod : public ReductionMethod {
  protected:
   std::vector<ParamGroup> search_groups(TrainContext& ctx, const Phase& phase) override {
     search::snl_set_relaxed(gates_, true);
-    const double aux_lr = config_.search.aux_lr > 0 ? config_.search.aux_lr : phase.optim.lr;
     return {ParamGroup{weight_parameters(*ctx.model), phase.optim.lr, phase.optim.weight_decay},
-            ParamGroup{layers::aux_parameters(*ctx.model), aux_lr, 0.0}};
+            ParamGroup{layers::aux_parameters(*ctx.model), aux_lr(phase), 0.0}};
   }
 
   void add_penalty(TrainContext&, LossOutput& out) override {
