@@ -45,13 +45,7 @@ int run_step_bench(const StepBenchOptions& o, std::ostream& out) {
   torch::optim::SGD sgd(baseline->parameters(), torch::optim::SGDOptions(0.1).momentum(0.9).weight_decay(5e-4));
   std::vector<torch::Tensor> aux = layers::aux_parameters(*student);
   std::vector<torch::Tensor> coeffs = layers::coefficient_parameters(*student);
-  std::vector<torch::Tensor> weights;
-  for (auto& p : student->parameters()) {
-    bool gate = false;
-    for (auto& q : aux) gate = gate || q.is_same(p);
-    for (auto& q : coeffs) gate = gate || q.is_same(p);
-    if (!gate) weights.push_back(p);
-  }
+  std::vector<torch::Tensor> weights = weight_parameters(*student);
   std::vector<torch::optim::OptimizerParamGroup> groups;
   groups.emplace_back(weights, std::make_unique<torch::optim::AdamOptions>(1e-3));
   groups.emplace_back(aux, std::make_unique<torch::optim::AdamOptions>(1e-3));

@@ -31,6 +31,18 @@ layers::GateOptions gate_options(const GateConfig& c) {
   return o;
 }
 
+std::vector<torch::Tensor> weight_parameters(NetImpl& model) {
+  std::vector<torch::Tensor> gate_params = layers::aux_parameters(model);
+  for (auto& c : layers::coefficient_parameters(model)) gate_params.push_back(c);
+  std::vector<torch::Tensor> out;
+  for (auto& p : model.parameters()) {
+    bool is_gate = false;
+    for (auto& g : gate_params) is_gate = is_gate || g.is_same(p);
+    if (!is_gate) out.push_back(p);
+  }
+  return out;
+}
+
 Net load_teacher(const Config& config, const ModelSpec& student) {
   const std::string& path = config.search.teacher;
   if (path.empty())
@@ -77,19 +89,6 @@ void init_from_teacher(NetImpl& student, NetImpl& teacher) {
     TORCH_INTERNAL_ASSERT(dst != nullptr, "teacher buffer ", kv.key(), " missing in the student");
     dst->copy_(kv.value());
   }
-}
-
-std::vector<torch::Tensor> weight_parameters(NetImpl& model) {
-  // Everything that is not a gate parameter (aux, c0, c1, c2).
-  std::vector<torch::Tensor> gate_params = layers::aux_parameters(model);
-  for (auto& c : layers::coefficient_parameters(model)) gate_params.push_back(c);
-  std::vector<torch::Tensor> out;
-  for (auto& p : model.parameters()) {
-    bool is_gate = false;
-    for (auto& g : gate_params) is_gate = is_gate || g.is_same(p);
-    if (!is_gate) out.push_back(p);
-  }
-  return out;
 }
 
 class ReductionMethod : public Method {

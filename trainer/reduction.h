@@ -16,6 +16,9 @@ layers::GateOptions gate_options(const GateConfig& config);
 /// The reduction method named by config.method; nullptr when it is not one.
 std::unique_ptr<Method> make_reduction_method(const Config& config);
 
+/// The network weights of a gated model: every parameter that is not a gate's aux, c0, c1, c2.
+std::vector<torch::Tensor> weight_parameters(NetImpl& model);
+
 /// Loads the teacher checkpoint of a reduction run and checks it matches the student spec.
 /// Throws naming search.teacher for a missing, unreadable or incompatible checkpoint.
 Net load_teacher(const Config& config, const ModelSpec& student);

@@ -1,4 +1,5 @@
 #include "tests/torch_catch.h"
+#include "tests/trainer/test_util.h"
 
 #include <filesystem>
 
@@ -13,13 +14,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
-bool have_data() { return fs::exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"); }
+bool have_data() { return autorep::test::have_fashion_mnist(); }
 
-fs::path dir(const std::string& name) {
-  auto p = fs::temp_directory_path() / ("autorep-red-" + name + "-" + std::to_string(::getpid()));
-  fs::remove_all(p);
-  return p;
-}
+fs::path dir(const std::string& name) { return autorep::test::fresh_dir("red-" + name); }
 
 Config tiny(const std::string& method) {
   Config c;

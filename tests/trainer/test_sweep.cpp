@@ -1,4 +1,5 @@
 #include "tests/torch_catch.h"
+#include "tests/trainer/test_util.h"
 
 #include <filesystem>
 #include <fstream>
@@ -9,16 +10,12 @@
 
 using namespace autorep::trainer;
 namespace fs = std::filesystem;
+using autorep::test::fresh_dir;
+using autorep::test::have_fashion_mnist;
 
 namespace {
 
-fs::path fresh_dir(const std::string& name) {
-  auto p = fs::temp_directory_path() / ("autorep-test-" + name + "-" + std::to_string(::getpid()));
-  fs::remove_all(p);
-  return p;
-}
 
-bool have_fashion_mnist() { return fs::exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"); }
 bool have_gnuplot() { return std::system("command -v gnuplot > /dev/null 2>&1") == 0; }
 
 // cnn-small (18,880 ReLUs at 1x28x28) on 512 training images; a 1-epoch teacher trained by the sweep.

@@ -1,4 +1,5 @@
 #include "tests/torch_catch.h"
+#include "tests/trainer/test_util.h"
 
 #include <filesystem>
 #include <fstream>
@@ -9,14 +10,11 @@
 
 using namespace autorep::trainer;
 namespace fs = std::filesystem;
+using autorep::test::fresh_dir;
+using autorep::test::have_fashion_mnist;
 
 namespace {
 
-fs::path fresh_dir(const std::string& name) {
-  auto p = fs::temp_directory_path() / ("autorep-test-" + name + "-" + std::to_string(::getpid()));
-  fs::remove_all(p);
-  return p;
-}
 
 Config tiny_config() {
   Config c;
@@ -44,7 +42,6 @@ std::vector<double> train_losses(const fs::path& run) {
   return out;
 }
 
-bool have_fashion_mnist() { return fs::exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"); }
 
 }  // namespace
 
