@@ -112,10 +112,27 @@ void GateImpl::refit() {
   }
 }
 
+namespace {
+MomentReducer& moment_reducer() {
+  static MomentReducer reducer;
+  return reducer;
+}
+}  // namespace
+
+void set_moment_reducer(MomentReducer reducer) { moment_reducer() = std::move(reducer); }
+
 void GateImpl::update_running_stats(const torch::Tensor& moments, int64_t count) {
-  if (count < 2) return;
   torch::NoGradGuard no_grad;
-  const auto m = moments.to(torch::kDouble);
+  auto m = moments.to(torch::kDouble);
+  if (const auto& reduce = moment_reducer()) {
+    // Sums and count of every process's batch: the statistics of the whole global batch.
+    const int64_t c = m.size(1);
+    auto packed = torch::cat({m.reshape({-1}), torch::full({1}, static_cast<double>(count), m.options())});
+    reduce(packed);
+    count = static_cast<int64_t>(packed[2 * c].item<double>() + 0.5);
+    m = packed.slice(0, 0, 2 * c).view({2, c});
+  }
+  if (count < 2) return;
   const auto mean = m[0] / count;
   // Unbiased batch variance, as batch norm keeps it.
   const auto var = ((m[1] - m[0] * mean) / (count - 1)).clamp_min(0);

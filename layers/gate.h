@@ -9,6 +9,7 @@
 #include <torch/types.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <ostream>
 #include <string>
@@ -160,6 +161,14 @@ std::vector<torch::Tensor> coefficient_parameters(torch::nn::Module& model);
 std::vector<torch::Tensor> refitted_coefficients(torch::nn::Module& model);
 /// Mask freezing for every gate of `model`.
 void set_frozen(torch::nn::Module& model, bool frozen);
+
+/// Combines the per-batch moment sums of a gate across the processes of a data-parallel run:
+/// called in every training forward with a float64 tensor [sum x (C), sum x^2 (C), count] that
+/// it must replace by its sum over all processes, so every process keeps the same running
+/// statistics (and DaPa fits the same coefficients) as one process with the whole batch.
+using MomentReducer = std::function<void(torch::Tensor&)>;
+/// Installs `reducer` for every gate of this process (an empty function removes it).
+void set_moment_reducer(MomentReducer reducer);
 
 /// Drops the optimiser state (Adam moments and step, SGD momentum, ...) of `params`, so the
 /// next step treats them as fresh. Parameters without state are ignored.

@@ -63,8 +63,15 @@ endif()
 # Gloo headers are included by LibTorch's c10d headers (multi-process training).
 find_path(AUTOREP_GLOO_INCLUDE gloo/algorithm.h)
 set(AUTOREP_WITH_DIST OFF)
+set(AUTOREP_WITH_NCCL OFF)
 if(AUTOREP_GLOO_INCLUDE AND EXISTS "${TORCH_INSTALL_PREFIX}/include/torch/csrc/distributed/c10d/ProcessGroupGloo.hpp")
   set(AUTOREP_WITH_DIST ON)
+  # A CUDA LibTorch ships c10d's NCCL process group (its header is guarded by USE_C10D_NCCL).
+  if(AUTOREP_WITH_CUDA AND EXISTS "${TORCH_INSTALL_PREFIX}/include/torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp")
+    set(AUTOREP_WITH_NCCL ON)
+  endif()
+elseif(NOT AUTOREP_GLOO_INCLUDE)
+  message(STATUS "autorep: no Gloo headers (Debian package libgloo-dev): multi-process training is left out")
 endif()
 
 # A helper that every autorep library target uses for its common settings.

@@ -12,6 +12,10 @@ class App;
 
 namespace autorep::trainer {
 
+namespace dist {
+struct Options;
+}
+
 struct Command {
   CLI::App* app = nullptr;     ///< the parsed subcommand
   std::function<int()> run;    ///< runs it; returns the exit status
@@ -26,6 +30,9 @@ void add_bench_commands(CLI::App& app, Commands& out);
 void add_export_commands(CLI::App& app, Commands& out);
 /// sweep (trainer/cli_sweep.cpp)
 void add_sweep_commands(CLI::App& app, Commands& out);
+
+/// --dist-backend and --dist-timeout of a command that may run as one of several processes.
+void add_dist_options(CLI::App& command, dist::Options& options);
 
 /// 1,234,567
 std::string with_commas(int64_t v);

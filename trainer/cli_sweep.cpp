@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "trainer/cli.h"
+#include "trainer/distributed.h"
 #include "trainer/sweep.h"
 
 namespace autorep::trainer {
@@ -18,6 +19,7 @@ struct SweepArgs {
   std::string out, device, shard;
   int64_t threads = -1;
   bool collect = false, teacher_only = false, quiet_runs = false, no_plot = false;
+  dist::Options dist;
 };
 
 void print_table(const std::vector<SweepRow>& rows) {
@@ -42,7 +44,9 @@ void print_table(const std::vector<SweepRow>& rows) {
 
 int cmd_sweep(const SweepArgs& a) {
   const SweepConfig sweep = load_sweep_config(a.config);
+  if (!a.collect) dist::init_from_environment(a.dist, a.device.empty() ? "auto" : a.device);
   SweepOptions o;
+  o.quiet = !dist::is_primary();
   o.out_dir = a.out;
   o.overrides = a.sets;
   o.teacher_overrides = a.teacher_sets;
@@ -54,6 +58,7 @@ int cmd_sweep(const SweepArgs& a) {
   o.quiet_runs = a.quiet_runs;
   o.plot = !a.no_plot;
   const SweepResult r = run_sweep(sweep, o);
+  if (!dist::is_primary()) return r.failed > 0 ? 1 : 0;
   print_table(r.rows);
   std::cout << "sweep: " << r.planned << " runs";
   if (!a.collect && !a.teacher_only) {
@@ -90,6 +95,7 @@ void add_sweep_commands(CLI::App& app, Commands& out) {
   sweep->add_flag("--teacher-only", sa->teacher_only, "Train (or skip) the shared teacher, then stop");
   sweep->add_flag("--quiet-runs", sa->quiet_runs, "Print only the sweep's lines, not each run's progress");
   sweep->add_flag("--no-plot", sa->no_plot, "Do not draw the Pareto plot");
+  add_dist_options(*sweep, sa->dist);
   out.push_back({sweep, [sa] { return cmd_sweep(*sa); }});
 }
 

@@ -10,6 +10,7 @@
 
 #include "layers/site.h"
 #include "trainer/config.h"
+#include "trainer/distributed.h"
 #include "trainer/models.h"
 #include "trainer/train.h"
 
@@ -27,6 +28,15 @@ std::string shape_text(const std::vector<int64_t>& shape) {
   return s;
 }
 
+void add_dist_options(CLI::App& command, dist::Options& options) {
+  command.add_option("--dist-backend", options.backend,
+                     "Multi-process runs (WORLD_SIZE > 1): gloo | nccl (default: nccl on CUDA, gloo on CPU)")
+      ->check(CLI::IsMember({"gloo", "nccl"}));
+  command.add_option("--dist-timeout", options.timeout_s,
+                     "Seconds to wait for every process at the rendezvous and in each collective (default 300)")
+      ->check(CLI::PositiveNumber);
+}
+
 namespace {
 
 struct TrainArgs {
@@ -36,6 +46,7 @@ struct TrainArgs {
   std::string device;
   int64_t threads = -1;
   bool resume = false;
+  dist::Options dist;
 };
 
 int cmd_train(const TrainArgs& a) {
@@ -48,6 +59,7 @@ int cmd_train(const TrainArgs& a) {
     config_path = a.out + "/config.json";
   }
   const Config config = load_config(config_path, sets);
+  dist::init_from_environment(a.dist, config.train.device);
   RunOptions opts;
   opts.out_dir = a.out.empty() ? "runs/" + config.method + "-" + config.model.name : a.out;
   opts.resume = a.resume;
@@ -107,6 +119,7 @@ void add_training_commands(CLI::App& app, Commands& out) {
   train->add_option("--device", ta->device, "auto | cpu | cuda")->check(CLI::IsMember({"auto", "cpu", "cuda"}));
   train->add_option("--threads", ta->threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
   train->add_flag("--resume", ta->resume, "Continue the run in --out from checkpoints/last.pt");
+  add_dist_options(*train, ta->dist);
   out.push_back({train, [ta] { return cmd_train(*ta); }});
 
   struct EvalArgs {
@@ -128,7 +141,7 @@ void add_training_commands(CLI::App& app, Commands& out) {
   };
   auto ca = std::make_shared<CountArgs>();
   auto* count = app.add_subcommand("count", "List a model's ReLU sites with their shapes and counts, and the total");
-  count->add_option("--model", ca->model, "cnn-small | resnet18 | resnet20 | wrn-22-8 | vgg16")->required();
+  count->add_option("--model", ca->model, "mlp | cnn-small | resnet18 | resnet20 | wrn-22-8 | vgg16")->required();
   count->add_option("--input", ca->input, "Input shape CxHxW (default 3x32x32)");
   count->add_option("--classes", ca->classes, "Number of classes (default 10)");
   count->add_flag("--no-stem-relu", ca->no_stem, "resnet18: no ReLU after the stem convolution");

@@ -5,6 +5,8 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "trainer/models.h"
+
 namespace autorep::trainer {
 
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(DataOptions, name, path, batch_size, eval_batch_size,
@@ -86,9 +88,9 @@ void merge_checked(nlohmann::json& base, const nlohmann::json& user, const std::
 }
 
 void check_one_of(const std::string& source, const std::string& path, const std::string& value,
-                  std::initializer_list<const char*> valid) {
+                  const std::vector<std::string>& valid) {
   std::string list;
-  for (const char* v : valid) {
+  for (const auto& v : valid) {
     if (value == v) return;
     list += (list.empty() ? "" : ", ") + std::string(v);
   }
@@ -110,7 +112,7 @@ void check_optim(const std::string& source, const std::string& path, const Optim
 
 void validate(const Config& c, const std::string& source) {
   check_one_of(source, "method", c.method, {"baseline", "autorep", "snl", "uniform", "random"});
-  check_one_of(source, "model.name", c.model.name, {"cnn-small", "resnet18", "resnet20", "wrn-22-8", "vgg16"});
+  check_one_of(source, "model.name", c.model.name, model_names());
   check_one_of(source, "data.name", c.data.name, {"fashion-mnist", "mnist", "cifar10", "cifar100", "image-folder"});
   if (c.data.batch_size <= 0) fail(source, "data.batch_size", "must be positive");
   if (c.data.eval_batch_size <= 0) fail(source, "data.eval_batch_size", "must be positive");

@@ -33,9 +33,16 @@ uint64_t splitmix64(uint64_t x) {
   return x ^ (x >> 31);
 }
 
+// A counter-based stream: cheap to seed, so every sample of a batch gets its own.
+struct SplitMix64 {
+  uint64_t state;
+  uint64_t operator()() { return splitmix64(state++); }
+};
+
 // std::uniform_int_distribution is implementation-defined, so orders would differ between
 // standard libraries; rejection sampling on the raw 64-bit stream is the same everywhere.
-uint64_t uniform_below(std::mt19937_64& rng, uint64_t n) {
+template <typename Generator>
+uint64_t uniform_below(Generator& rng, uint64_t n) {
   const uint64_t limit = UINT64_MAX - UINT64_MAX % n;
   uint64_t r;
   do {
@@ -638,7 +645,7 @@ torch::Tensor epoch_order(int64_t n, uint64_t seed, int64_t epoch) {
 }
 
 torch::Tensor make_batch(const DataSplits& data, const Dataset& split, const torch::Tensor& indices, bool train,
-                         uint64_t augment_seed) {
+                         uint64_t augment_seed, int64_t first_position) {
   TORCH_CHECK(split.images.defined() && split.images.dim() == 4 && split.images.scalar_type() == torch::kUInt8,
               "make_batch: split images must be uint8 N x C x H x W");
   TORCH_CHECK(indices.dim() == 1, "make_batch: indices must be 1-D, got ", indices.sizes());
@@ -664,9 +671,12 @@ torch::Tensor make_batch(const DataSplits& data, const Dataset& split, const tor
   std::vector<int64_t> shift_y(batch, 0), shift_x(batch, 0);
   std::vector<uint8_t> flip(batch, 0);
   if (train) {
-    std::mt19937_64 rng(splitmix64(augment_seed ^ 0xBB67AE8584CAA73BULL));
+    // Each sample draws from its own stream, keyed by its position in the whole batch, so a
+    // batch split across processes is augmented exactly as the whole batch in one process.
+    const uint64_t key = splitmix64(augment_seed ^ 0xBB67AE8584CAA73BULL);
     const int64_t pad = data.crop_padding;
     for (int64_t b = 0; b < batch; ++b) {
+      SplitMix64 rng{splitmix64(key ^ static_cast<uint64_t>(first_position + b) * 0x9E3779B97F4A7C15ULL)};
       if (pad > 0) {
         shift_y[b] = static_cast<int64_t>(uniform_below(rng, 2 * pad + 1)) - pad;
         shift_x[b] = static_cast<int64_t>(uniform_below(rng, 2 * pad + 1)) - pad;

@@ -67,9 +67,11 @@ torch::Tensor read_idx_labels(const std::string& file, int64_t classes);
 torch::Tensor epoch_order(int64_t n, uint64_t seed, int64_t epoch);
 
 /// Builds a normalised float batch (B x C x H x W) from the samples at `indices`.
-/// When `train` is true, applies the split's random crop / flip with a generator seeded by
-/// `augment_seed` (so the same seed gives the same batch).
+/// When `train` is true, applies the split's random crop / flip, drawn per sample from
+/// (`augment_seed`, the sample's position in the whole batch): the same seed gives the same
+/// batch, and a process holding positions [first_position, ...) of a batch split across
+/// processes gets exactly those samples of the whole batch.
 torch::Tensor make_batch(const DataSplits& data, const Dataset& split, const torch::Tensor& indices,
-                         bool train, uint64_t augment_seed);
+                         bool train, uint64_t augment_seed, int64_t first_position = 0);
 
 }  // namespace autorep::trainer

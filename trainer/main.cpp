@@ -7,6 +7,15 @@
 #include <iostream>
 
 #include "trainer/cli.h"
+#include "trainer/distributed.h"
+
+namespace {
+// In a multi-process run every rank may report an error; each says which rank it is.
+std::string error_prefix() {
+  const auto* g = autorep::trainer::dist::current();
+  return g == nullptr ? "autorep: error: " : "autorep (rank " + std::to_string(g->rank()) + "): error: ";
+}
+}  // namespace
 
 int main(int argc, char** argv) {
   using namespace autorep::trainer;
@@ -32,10 +41,10 @@ int main(int argc, char** argv) {
     for (const auto& c : commands)
       if (c.app->parsed()) return c.run();
   } catch (const c10::Error& e) {
-    std::cerr << "autorep: error: " << e.what_without_backtrace() << std::endl;
+    std::cerr << error_prefix() << e.what_without_backtrace() << std::endl;
     return 1;
   } catch (const std::exception& e) {
-    std::cerr << "autorep: error: " << e.what() << std::endl;
+    std::cerr << error_prefix() << e.what() << std::endl;
     return 1;
   }
   return 0;

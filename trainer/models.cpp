@@ -31,6 +31,30 @@ nn::Conv2d conv1x1(int64_t in, int64_t out, int64_t stride = 1) {
 int64_t strided(int64_t size, int64_t stride) { return (size - 1) / stride + 1; }
 std::string join(const std::string& a, const std::string& b) { return a.empty() ? b : a + "." + b; }
 
+// ---- mlp: two hidden linear layers without batch norm. A sample's output depends on that
+// sample only, so a batch split across processes trains exactly like the whole batch (the
+// multi-process equivalence test uses it).
+class MlpImpl : public NetImpl {
+ public:
+  MlpImpl(const ModelSpec& spec, const ActivationFactory& f) : NetImpl(spec) {
+    const int64_t in = spec.input_shape[0] * spec.input_shape[1] * spec.input_shape[2];
+    fc1_ = register_module("fc1", nn::Linear(in, 64));
+    act1_ = add_site(*this, "act1", "act1", {64}, f);
+    fc2_ = register_module("fc2", nn::Linear(64, 32));
+    act2_ = add_site(*this, "act2", "act2", {32}, f);
+    fc3_ = register_module("fc3", nn::Linear(32, spec.classes));
+  }
+  torch::Tensor forward(torch::Tensor x) override {
+    x = act1_.forward(fc1_(x.flatten(1)));
+    x = act2_.forward(fc2_(x));
+    return fc3_(x);
+  }
+
+ private:
+  nn::Linear fc1_{nullptr}, fc2_{nullptr}, fc3_{nullptr};
+  torch::nn::AnyModule act1_, act2_;
+};
+
 // ---- cnn-small: two conv blocks and a hidden linear layer; fast enough for tests and demos.
 class CnnSmallImpl : public NetImpl {
  public:
@@ -241,13 +265,14 @@ class Vgg16Impl : public NetImpl {
 
 }  // namespace
 
-std::vector<std::string> model_names() { return {"cnn-small", "resnet18", "resnet20", "wrn-22-8", "vgg16"}; }
+std::vector<std::string> model_names() { return {"mlp", "cnn-small", "resnet18", "resnet20", "wrn-22-8", "vgg16"}; }
 
 Net build_model(const ModelSpec& spec, const ActivationFactory& factory) {
   if (spec.input_shape.size() != 3 || spec.input_shape[0] <= 0 || spec.input_shape[1] <= 0 ||
       spec.input_shape[2] <= 0)
     throw std::runtime_error("model " + spec.name + ": input shape must be C x H x W with positive sizes");
   if (spec.classes < 2) throw std::runtime_error("model " + spec.name + ": needs at least 2 classes");
+  if (spec.name == "mlp") return std::make_shared<MlpImpl>(spec, factory);
   if (spec.name == "cnn-small") {
     if (spec.input_shape[1] < 4 || spec.input_shape[2] < 4)
       throw std::runtime_error("model cnn-small: input must be at least 4x4");

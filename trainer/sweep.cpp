@@ -15,6 +15,7 @@
 #include <stdexcept>
 
 #include "trainer/checkpoint.h"
+#include "trainer/distributed.h"
 #include "trainer/train.h"
 
 namespace autorep::trainer {
@@ -157,11 +158,19 @@ std::string config_difference(const fs::path& run_dir, const Config& config) {
   const fs::path saved_path = run_dir / "config.json";
   if (!fs::exists(saved_path)) return "";
   nlohmann::json saved = read_json_file(saved_path.string()), now = to_json(config);
+  // A folder written by an older autorep lacks keys added since; reading it back through the
+  // config parser fills them with their defaults so only real differences count.
+  try {
+    saved = to_json(config_from_json(saved, saved_path.string()));
+  } catch (const std::exception&) {
+  }
   for (auto* j : {&saved, &now}) {
     if (j->contains("train"))
       for (const char* k : {"threads", "device", "checkpoint_interval_s", "log_every"}) (*j)["train"].erase(k);
     if (j->contains("search")) (*j)["search"].erase("teacher");
   }
+  if (config.method == "baseline")  // a baseline run never reads the search settings
+    for (auto* j : {&saved, &now}) j->erase("search");
   if (saved == now) return "";
   const auto diff = nlohmann::json::diff(saved, now);
   return diff.empty() ? std::string("?") : diff.at(0).value("path", std::string("?"));
@@ -588,6 +597,8 @@ SweepResult run_sweep(const SweepConfig& sweep, const SweepOptions& options) {
       if (r.status == "pending" && !fs::exists(p.dir)) continue;  // not started by anyone yet
       rows.push_back(std::move(r));
     }
+    result.rows = rows;
+    if (!dist::is_primary()) return;  // in a multi-process sweep rank 0 keeps the table
     fs::create_directories(out);
     write_file_atomic((out / "sweep.csv").string(), sweep_csv(rows));
     std::string errors;
@@ -596,17 +607,18 @@ SweepResult run_sweep(const SweepConfig& sweep, const SweepOptions& options) {
     const fs::path errors_path = out / "sweep-errors.txt";
     if (!errors.empty()) write_file_atomic(errors_path.string(), errors);
     else if (fs::exists(errors_path)) fs::remove(errors_path);
-    result.rows = std::move(rows);
   };
   result.csv_path = (out / "sweep.csv").string();
 
   if (options.collect) {
     write_table();
-    if (options.plot) write_plot(out, result.rows, fs::path(sweep.source).stem().string(), console, result);
+    if (options.plot && dist::is_primary())
+      write_plot(out, result.rows, fs::path(sweep.source).stem().string(), console, result);
     return result;
   }
 
-  fs::create_directories(out);
+  if (dist::is_primary()) fs::create_directories(out);
+  dist::barrier();
   if (own_teacher) {
     const std::string diff = config_difference(teacher_dir, teacher_config);
     if (!diff.empty())
@@ -622,7 +634,8 @@ SweepResult run_sweep(const SweepConfig& sweep, const SweepOptions& options) {
                                  " is not trained yet; train it once with `autorep sweep --config " + sweep.source +
                                  " --teacher-only` (same --out) before starting the shards");
       const bool resume = fs::exists(teacher_dir / "checkpoints" / "last.pt");
-      if (!resume && fs::exists(teacher_dir)) fs::remove_all(teacher_dir);
+      if (!resume && fs::exists(teacher_dir) && dist::is_primary()) fs::remove_all(teacher_dir);
+      dist::barrier();
       console.line(std::string(resume ? "resuming" : "training") + " the shared teacher in " + teacher_dir.string());
       RunOptions ro;
       ro.out_dir = teacher_dir.string();
@@ -643,7 +656,7 @@ SweepResult run_sweep(const SweepConfig& sweep, const SweepOptions& options) {
                                  {"total_relus", r.total_relus},
                                  {"seconds", r.seconds},
                                  {"checkpoint", "checkpoints/best.pt"}};
-      write_file_atomic((teacher_dir / "result.json").string(), tr.dump(2) + "\n");
+      if (dist::is_primary()) write_file_atomic((teacher_dir / "result.json").string(), tr.dump(2) + "\n");
       result.teacher_trained = true;
       console.line("teacher done: accuracy " + fixed(100.0 * r.best_accuracy, 2) + "%, " + fixed(r.seconds, 0) + " s");
     }
@@ -661,6 +674,7 @@ SweepResult run_sweep(const SweepConfig& sweep, const SweepOptions& options) {
       ++result.other_shards;
       continue;
     }
+    dist::barrier();  // every process sees the run folders as rank 0 left them
     const SweepRow before = inspect_run(p, out);
     if (before.status == "ok") {
       ++result.skipped;
@@ -677,8 +691,11 @@ SweepResult run_sweep(const SweepConfig& sweep, const SweepOptions& options) {
     try {
       // Without a checkpoint there is nothing to keep: a half-written first epoch would only
       // leave stale lines in metrics.jsonl.
-      if (!resume && fs::exists(p.dir)) fs::remove_all(p.dir);
-      fs::remove(p.dir / "error.txt");
+      if (dist::is_primary()) {
+        if (!resume && fs::exists(p.dir)) fs::remove_all(p.dir);
+        fs::remove(p.dir / "error.txt");
+      }
+      dist::barrier();
       console.line(tag(p) + ": " + (resume ? "resuming " : "start ") + p.dir.string());
       RunOptions ro;
       ro.out_dir = p.dir.string();
@@ -704,7 +721,7 @@ SweepResult run_sweep(const SweepConfig& sweep, const SweepOptions& options) {
                                  {"final_accuracy", r.final_accuracy},
                                  {"seconds", r.seconds},
                                  {"export_path", export_path}};
-      write_file_atomic((p.dir / "result.json").string(), rj.dump(2) + "\n");
+      if (dist::is_primary()) write_file_atomic((p.dir / "result.json").string(), rj.dump(2) + "\n");
       ++result.trained;
       console.line(tag(p) + ": done, accuracy " + fixed(100.0 * accuracy, 2) + "%, ReLUs " + commas(relus) + " of " +
                    commas(r.total_relus) + ", " + fixed(r.seconds, 0) + " s");
@@ -712,8 +729,10 @@ SweepResult run_sweep(const SweepConfig& sweep, const SweepOptions& options) {
       const std::string msg = one_line(error_text(e));
       ++result.failed;
       try {
-        fs::create_directories(p.dir);
-        write_file_atomic((p.dir / "error.txt").string(), msg + "\n");
+        if (dist::is_primary()) {
+          fs::create_directories(p.dir);
+          write_file_atomic((p.dir / "error.txt").string(), msg + "\n");
+        }
       } catch (const std::exception& e2) {
         console.warn("cannot record the failure in " + p.dir.string() + ": " + e2.what());
       }
@@ -722,7 +741,8 @@ SweepResult run_sweep(const SweepConfig& sweep, const SweepOptions& options) {
     write_table();
   }
   write_table();
-  if (options.plot) write_plot(out, result.rows, fs::path(sweep.source).stem().string(), console, result);
+  if (options.plot && dist::is_primary())
+    write_plot(out, result.rows, fs::path(sweep.source).stem().string(), console, result);
   return result;
 }
 

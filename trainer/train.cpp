@@ -13,7 +13,9 @@
 #include <sstream>
 #include <thread>
 
+#include "layers/gate.h"
 #include "trainer/checkpoint.h"
+#include "trainer/distributed.h"
 #include "trainer/method.h"
 
 namespace autorep::trainer {
@@ -63,7 +65,7 @@ ModelSpec spec_from_json(const nlohmann::json& j) {
 }
 
 EvalResult evaluate(NetImpl& model, const DataSplits& data, const Dataset& split, torch::Device device,
-                    int64_t batch_size) {
+                    int64_t batch_size, dist::Group* group) {
   torch::NoGradGuard no_grad;
   const bool was_training = model.is_training();
   model.eval();
@@ -71,8 +73,11 @@ EvalResult evaluate(NetImpl& model, const DataSplits& data, const Dataset& split
   double loss_sum = 0.0;
   int64_t correct = 0;
   const int64_t n = split.size();
-  for (int64_t start = 0; start < n; start += batch_size) {
-    const int64_t end = std::min(n, start + batch_size);
+  // With a process group each process evaluates its contiguous share; the sums are combined.
+  const int64_t parts = group ? group->size() : 1, part = group ? group->rank() : 0;
+  const int64_t first = n * part / parts, last = n * (part + 1) / parts;
+  for (int64_t start = first; start < last; start += batch_size) {
+    const int64_t end = std::min(last, start + batch_size);
     auto idx = torch::arange(start, end, torch::kLong);
     auto x = make_batch(data, split, idx, /*train=*/false, 0).to(device);
     auto y = split.labels.slice(0, start, end).to(device);
@@ -83,6 +88,12 @@ EvalResult evaluate(NetImpl& model, const DataSplits& data, const Dataset& split
     correct += logits.argmax(1).eq(y).sum().item<int64_t>();
   }
   model.train(was_training);
+  if (group != nullptr) {
+    auto sums = torch::tensor({loss_sum, static_cast<double>(correct)}, torch::kDouble);
+    group->allreduce_sum(sums);
+    loss_sum = sums[0].item<double>();
+    correct = static_cast<int64_t>(sums[1].item<double>() + 0.5);
+  }
   r.samples = n;
   r.accuracy = n > 0 ? static_cast<double>(correct) / n : 0.0;
   r.loss = n > 0 ? loss_sum / n : 0.0;
@@ -109,8 +120,11 @@ namespace {
 // Console and log output: a redrawn bar on a terminal, plain periodic lines otherwise.
 class Reporter {
  public:
+  /// An empty `log_path` writes no log file (the processes of a multi-process run other than rank 0).
   Reporter(const std::string& log_path, bool quiet)
-      : log_(log_path, std::ios::app), quiet_(quiet), tty_(!quiet && ::isatty(STDERR_FILENO)) {}
+      : quiet_(quiet), tty_(!quiet && ::isatty(STDERR_FILENO)) {
+    if (!log_path.empty()) log_.open(log_path, std::ios::app);
+  }
 
   void line(const std::string& text) {
     if (!quiet_) {
@@ -118,7 +132,7 @@ class Reporter {
       std::cerr << text << std::endl;
       bar_shown_ = false;
     }
-    log_ << text << std::endl;
+    if (log_.is_open()) log_ << text << std::endl;
   }
 
   // Shows progress inside an epoch. On a terminal the bar is redrawn at most ~10 times a second;
@@ -139,7 +153,7 @@ class Reporter {
       std::cerr << "\r\033[K[" << std::string(filled, '#') << std::string(width - filled, '.') << "] " << s.str()
                 << std::flush;
       bar_shown_ = true;
-    } else if (every > 0 && (step % every == 0 || step == steps)) {
+    } else if (every > 0 && (step % every == 0 || step == steps) && (!quiet_ || log_.is_open())) {
       line(s.str());
     }
   }
@@ -208,6 +222,61 @@ double lr_factor(const OptimOptions& o, int64_t step, int64_t total_steps, int64
   return floor + (1.0 - floor) * 0.5 * (1.0 + std::cos(M_PI * t));
 }
 
+// Rank 0's parameters and buffers on every process, so all start from the same model.
+void broadcast_model(NetImpl& model, dist::Group& group) {
+  torch::NoGradGuard no_grad;
+  for (auto& p : model.parameters()) group.broadcast(p, 0);
+  for (auto& b : model.buffers()) group.broadcast(b, 0);
+}
+
+// Batch norm normalises each process's share of the batch with that share's statistics, so the
+// running estimates drift apart; their mean is what one process would have estimated.
+void average_batch_norm_stats(NetImpl& model, dist::Group& group) {
+  std::vector<torch::Tensor> stats;
+  for (const auto& m : model.modules(/*include_self=*/false)) {
+    if (auto* bn = dynamic_cast<torch::nn::BatchNorm2dImpl*>(m.get())) {
+      stats.push_back(bn->running_mean);
+      stats.push_back(bn->running_var);
+    } else if (auto* bn1 = dynamic_cast<torch::nn::BatchNorm1dImpl*>(m.get())) {
+      stats.push_back(bn1->running_mean);
+      stats.push_back(bn1->running_var);
+    }
+  }
+  if (stats.empty()) return;
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> flat;
+  for (const auto& t : stats) flat.push_back(t.reshape({-1}).to(torch::kDouble));
+  auto packed = torch::cat(flat);
+  group.allreduce_sum(packed);
+  packed.div_(static_cast<double>(group.size()));
+  int64_t at = 0;
+  for (auto& t : stats) {
+    t.copy_(packed.slice(0, at, at + t.numel()).view(t.sizes()));
+    at += t.numel();
+  }
+}
+
+// Every process must hold the same masks (they follow from the same all-reduced aux gradients);
+// a difference means the processes no longer train one model, and the run stops.
+void check_masks_agree(NetImpl& model, dist::Group& group, int64_t epoch) {
+  uint64_t h = 0xCBF29CE484222325ull;  // FNV-1a over every mask's values, in module order
+  for (const auto& kv : model.named_buffers()) {
+    const auto& name = kv.key();
+    if (name.size() < 4 || name.compare(name.size() - 4, 4, "mask") != 0) continue;
+    const auto t = kv.value().to(torch::kCPU, torch::kFloat).contiguous();
+    const auto* bytes = static_cast<const unsigned char*>(t.data_ptr());
+    for (int64_t i = 0; i < t.numel() * 4; ++i) h = (h ^ bytes[i]) * 0x100000001B3ull;
+  }
+  // Two 32-bit halves (exact in float64) and their negations: one MAX gives max and min.
+  const double hi = static_cast<double>(h >> 32), lo = static_cast<double>(h & 0xFFFFFFFFull);
+  auto v = torch::tensor({hi, lo, -hi, -lo}, torch::kDouble);
+  group.allreduce_max(v);
+  if (v[0].item<double>() != -v[2].item<double>() || v[1].item<double>() != -v[3].item<double>())
+    throw std::runtime_error("after epoch " + std::to_string(epoch + 1) + " the " + std::to_string(group.size()) +
+                             " processes hold different masks (mask checksum differs across ranks); "
+                             "the run is stopped");
+}
+
 const Phase& phase_of(const std::vector<Phase>& phases, int64_t epoch, size_t* index) {
   for (size_t i = 0; i < phases.size(); ++i) {
     if (epoch >= phases[i].first_epoch && epoch < phases[i].first_epoch + phases[i].epochs) {
@@ -227,6 +296,10 @@ RunResult run_training(const Config& config, const RunOptions& options) {
   const std::string last_path = (out / "checkpoints" / "last.pt").string();
   const std::string best_path = (out / "checkpoints" / "best.pt").string();
   const std::string metrics_path = (out / "metrics.jsonl").string();
+  // In a multi-process run every process trains; only rank 0 writes files and prints.
+  dist::Group* const group = dist::current();
+  const bool primary = dist::is_primary();
+  const int64_t world = group ? group->size() : 1, rank = group ? group->rank() : 0;
 
   nlohmann::json state;
   if (options.resume) {
@@ -252,13 +325,33 @@ RunResult run_training(const Config& config, const RunOptions& options) {
     throw std::runtime_error(options.out_dir + " already holds a run (checkpoints/last.pt); pass --resume to continue it "
                              "or choose another --out");
   }
-  fs::create_directories(out / "checkpoints");
-  write_file_atomic((out / "config.json").string(), to_json(config).dump(2) + "\n");
+  if (primary) {
+    fs::create_directories(out / "checkpoints");
+    write_file_atomic((out / "config.json").string(), to_json(config).dump(2) + "\n");
+  }
+  if (group && config.data.batch_size % world != 0)
+    throw std::runtime_error("data.batch_size " + std::to_string(config.data.batch_size) +
+                             " is the global batch and must be divisible by WORLD_SIZE " + std::to_string(world));
+  dist::barrier();  // every process has seen the folder as it was before this run
 
-  Reporter report((out / "log.txt").string(), options.quiet);
-  const int64_t threads = configure_threads(config.train.threads);
-  const torch::Device device = resolve_device(config.train.device);
+  Reporter report(primary ? (out / "log.txt").string() : std::string(), options.quiet || !primary);
+  // Processes sharing a machine share its cores.
+  int64_t thread_request = config.train.threads;
+  if (group && thread_request == 0) {
+    const int64_t local = dist::launch_env_from_environment().local_world_size;
+    thread_request = std::max<int64_t>(1, static_cast<int64_t>(std::thread::hardware_concurrency()) / local);
+  }
+  const int64_t threads = configure_threads(thread_request);
+  torch::Device device = resolve_device(config.train.device);
+  if (group && device.is_cuda()) device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(group->local_rank()));
   torch::manual_seed(config.train.seed);
+  // Gates combine their batch statistics across processes (see layers::set_moment_reducer).
+  struct MomentReducerScope {
+    explicit MomentReducerScope(dist::Group* g) {
+      if (g) layers::set_moment_reducer([g](torch::Tensor& t) { g->allreduce_sum(t); });
+    }
+    ~MomentReducerScope() { layers::set_moment_reducer(nullptr); }
+  } moment_scope(group);
 
   const auto t_data = Clock::now();
   DataSplits data = load_dataset(config.data);
@@ -276,7 +369,8 @@ RunResult run_training(const Config& config, const RunOptions& options) {
   ctx.data = &data;
   ctx.out_dir = options.out_dir;
   ctx.log = [&report](const std::string& s) { report.line(s); };
-  const int64_t B = config.data.batch_size;
+  const int64_t B = config.data.batch_size;  // the global batch: B / world samples per process
+  const int64_t local_B = B / world;
   // Incomplete last batches are dropped: batch norm needs more than one sample, and equal batches
   // keep the loss trajectory independent of where a run was resumed.
   ctx.steps_per_epoch = data.train.size() / B;
@@ -308,7 +402,11 @@ RunResult run_training(const Config& config, const RunOptions& options) {
     report.line("resumed " + options.out_dir + " at epoch " + std::to_string(epoch + 1) + " step " +
                 std::to_string(step_in_epoch));
   }
+  if (group) broadcast_model(*ctx.model, *group);
   const int64_t epochs = config.train.epochs;
+  if (group)
+    report.line("distributed: " + std::to_string(world) + " processes (" + group->backend() + "), " +
+                std::to_string(local_B) + " samples of every batch of " + std::to_string(B) + " per process");
   report.line("train: " + config.method + " " + spec.name + " on " + data.name + ", " + std::to_string(epochs) +
               " epochs x " + std::to_string(ctx.steps_per_epoch) + " steps, batch " + std::to_string(B) + ", " +
               std::to_string(threads) + " threads, " + device.str() + ", ReLUs " +
@@ -334,6 +432,7 @@ RunResult run_training(const Config& config, const RunOptions& options) {
     return s;
   };
   auto save_last = [&](const std::string& phase_name) {
+    if (!primary) return;
     save_checkpoint(last_path, *ctx.model, optimizer.get(), {to_json(config), make_state(phase_name)});
   };
 
@@ -343,6 +442,10 @@ RunResult run_training(const Config& config, const RunOptions& options) {
   auto last_checkpoint = Clock::now();
   bool resumed_inside_phase = options.resume;
   double last_acc = 0.0;
+  std::unique_ptr<dist::GradientSync> grad_sync;
+  auto append_metrics = [&](const nlohmann::json& j) {
+    if (primary) append_jsonl(metrics_path, j);
+  };
 
   for (; epoch < epochs; ++epoch) {
     size_t pi = 0;
@@ -362,6 +465,13 @@ RunResult run_training(const Config& config, const RunOptions& options) {
       if (continuing && checkpoint_has_optimizer(last_path)) load_checkpoint(last_path, *ctx.model, optimizer.get());
       ctx.optimizer = optimizer.get();
       current_phase = pi;
+      if (group) {
+        grad_sync.reset();
+        std::vector<torch::Tensor> trainable;
+        for (auto& p : ctx.model->parameters())
+          if (p.requires_grad()) trainable.push_back(p);
+        grad_sync = std::make_unique<dist::GradientSync>(*group, trainable);
+      }
       if (!continuing || step_in_epoch == 0)
         report.line("phase " + phase.name + ": epochs " + std::to_string(phase.first_epoch + 1) + "-" +
                     std::to_string(phase.first_epoch + phase.epochs) + ", " + phase.optim.name + " lr " +
@@ -374,8 +484,10 @@ RunResult run_training(const Config& config, const RunOptions& options) {
     const int64_t first_step = step_in_epoch;
     ctx.model->train();
     for (; step_in_epoch < ctx.steps_per_epoch; ++step_in_epoch) {
-      auto idx = order.slice(0, step_in_epoch * B, (step_in_epoch + 1) * B);
-      auto x = make_batch(data, data.train, idx, /*train=*/true, batch_seed(config.train.seed, epoch, step_in_epoch))
+      const int64_t first = step_in_epoch * B + rank * local_B;
+      auto idx = order.slice(0, first, first + local_B);
+      auto x = make_batch(data, data.train, idx, /*train=*/true, batch_seed(config.train.seed, epoch, step_in_epoch),
+                          rank * local_B)
                    .to(device);
       auto y = data.train.labels.index_select(0, idx).to(device);
       const double f = lr_factor(phase.optim, ctx.phase_step, phase_steps, ctx.steps_per_epoch);
@@ -385,21 +497,34 @@ RunResult run_training(const Config& config, const RunOptions& options) {
       auto logits = ctx.model->forward(x);
       LossOutput lo = method->loss(ctx, x, y, logits);
       optimizer->zero_grad();
+      // Loss and correct predictions of the whole global batch (summed over processes).
+      auto batch_stats = torch::stack({lo.loss.detach().to(torch::kDouble) * static_cast<double>(y.size(0)),
+                                       logits.detach().argmax(1).eq(y).sum().to(torch::kDouble)})
+                             .cpu();
+      std::unique_ptr<dist::Pending> stats_work;
+      if (group) {
+        stats_work = group->allreduce_sum_async(batch_stats);
+        grad_sync->begin();
+      }
       lo.loss.backward();
+      if (group) {
+        grad_sync->finish();
+        stats_work->wait();
+      }
       if (phase.optim.grad_clip > 0) torch::nn::utils::clip_grad_norm_(ctx.model->parameters(), phase.optim.grad_clip);
       optimizer->step();
       ++ctx.global_step;
       ++ctx.phase_step;
       method->after_step(ctx);
 
-      const double l = lo.loss.item<double>();
+      const double l = batch_stats[0].item<double>() / static_cast<double>(B);
       if (!std::isfinite(l))
         throw std::runtime_error("training diverged: loss is " + std::to_string(l) + " at epoch " +
                                  std::to_string(epoch + 1) + " step " + std::to_string(step_in_epoch + 1) +
                                  " (try a lower optim.lr)");
-      loss_sum += l * y.size(0);
-      correct += logits.argmax(1).eq(y).sum().item<int64_t>();
-      seen += y.size(0);
+      loss_sum += l * B;
+      correct += static_cast<int64_t>(batch_stats[1].item<double>() + 0.5);
+      seen += B;
       ++steps_this_process;
 
       const double secs = std::chrono::duration<double>(Clock::now() - t_epoch).count();
@@ -438,8 +563,12 @@ RunResult run_training(const Config& config, const RunOptions& options) {
                         {"seconds", epoch_secs},
                         {"kept_relus", layers::kept_relus(ctx.model->sites())},
                         {"total_relus", layers::total_relus(ctx.model->sites())}};
+    if (group) {
+      average_batch_norm_stats(*ctx.model, *group);
+      check_masks_agree(*ctx.model, *group, epoch);
+    }
     method->on_epoch_end(ctx, m);
-    append_jsonl(metrics_path, m);
+    append_metrics(m);
     const bool last_epoch = epoch + 1 == epochs;
     const bool do_eval = last_epoch || (config.train.eval_every > 0 && (epoch + 1) % config.train.eval_every == 0);
     std::ostringstream line;
@@ -448,9 +577,9 @@ RunResult run_training(const Config& config, const RunOptions& options) {
          << 100.0 * m["train_accuracy"].get<double>() << "%";
     bool improved = false;
     if (do_eval) {
-      const EvalResult ev = evaluate(*ctx.model, data, data.test, device, config.data.eval_batch_size);
+      const EvalResult ev = evaluate(*ctx.model, data, data.test, device, config.data.eval_batch_size, group);
       last_acc = ev.accuracy;
-      append_jsonl(metrics_path, {{"type", "eval"},
+      append_metrics({{"type", "eval"},
                                   {"epoch", epoch + 1},
                                   {"phase", phase.name},
                                   {"test_accuracy", ev.accuracy},
@@ -472,8 +601,10 @@ RunResult run_training(const Config& config, const RunOptions& options) {
     correct = 0;
     seen = 0;
     const CheckpointMeta meta{to_json(config), make_state(phase.name)};
-    if (improved) save_checkpoint(best_path, *ctx.model, nullptr, meta);
-    save_checkpoint(last_path, *ctx.model, optimizer.get(), meta);
+    if (primary) {
+      if (improved) save_checkpoint(best_path, *ctx.model, nullptr, meta);
+      save_checkpoint(last_path, *ctx.model, optimizer.get(), meta);
+    }
     last_checkpoint = Clock::now();
     --epoch;
   }
@@ -483,7 +614,10 @@ RunResult run_training(const Config& config, const RunOptions& options) {
   result.final_accuracy = last_acc;
   result.kept_relus = layers::kept_relus(ctx.model->sites());
   result.total_relus = layers::total_relus(ctx.model->sites());
-  result.summary = method->finish(ctx, best_path);
+  grad_sync.reset();
+  // The other processes wait until rank 0's files (checkpoints, export) are complete.
+  if (primary) result.summary = method->finish(ctx, best_path);
+  dist::barrier();
   result.seconds = elapsed_before + std::chrono::duration<double>(Clock::now() - t_start).count();
   std::ostringstream done;
   done << "done: best test accuracy " << std::fixed << std::setprecision(2) << 100.0 * best_acc << "%, ReLUs "

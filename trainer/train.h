@@ -14,6 +14,10 @@
 
 namespace autorep::trainer {
 
+namespace dist {
+class Group;
+}
+
 struct RunOptions {
   std::string out_dir;          ///< run directory (created)
   bool resume = false;          ///< continue from out_dir/checkpoints/last.pt
@@ -46,8 +50,9 @@ struct EvalResult {
   double loss = 0.0;
   int64_t samples = 0;
 };
+/// With `group`, each process evaluates its share of the split and every process gets the totals.
 EvalResult evaluate(NetImpl& model, const DataSplits& data, const Dataset& split, torch::Device device,
-                    int64_t batch_size);
+                    int64_t batch_size, dist::Group* group = nullptr);
 
 /// A model rebuilt from a checkpoint: its config, the model (weights loaded) and the state.
 struct LoadedModel {
