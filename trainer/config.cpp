@@ -147,6 +147,11 @@ Config config_from_json(const nlohmann::json& user, const std::string& source) {
   return c;
 }
 
+void drop_runtime_keys(nlohmann::json& config_json) {
+  if (!config_json.contains("train")) return;
+  for (const char* k : {"threads", "device", "checkpoint_interval_s", "log_every"}) config_json["train"].erase(k);
+}
+
 void apply_override(nlohmann::json& user, const std::string& assignment) {
   const auto eq = assignment.find('=');
   if (eq == std::string::npos || eq == 0)

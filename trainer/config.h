@@ -107,6 +107,9 @@ struct Config {
 /// All keys with their defaults, as JSON (the schema user configs are checked against).
 nlohmann::json config_defaults();
 nlohmann::json to_json(const Config& config);
+/// Removes from a config's JSON the keys that only affect how a run runs (threads, device,
+/// checkpoint cadence, logging): a run may be resumed or skipped with other values for them.
+void drop_runtime_keys(nlohmann::json& config_json);
 /// Builds a Config from a user JSON: every key must exist in config_defaults() with a
 /// compatible type, else std::runtime_error "<source>: <key.path>: <what is wrong>".
 Config config_from_json(const nlohmann::json& user, const std::string& source = "config");

@@ -104,6 +104,7 @@ class C10dGroup : public Group {
     rank_ = env.rank;
     size_ = env.world_size;
     local_rank_ = env.local_rank;
+    local_size_ = env.local_world_size;
     backend_ = std::move(backend);
   }
 

@@ -53,6 +53,8 @@ class Group {
   int64_t rank() const { return rank_; }
   int64_t size() const { return size_; }
   int64_t local_rank() const { return local_rank_; }
+  /// Processes of this group on this machine (LOCAL_WORLD_SIZE).
+  int64_t local_size() const { return local_size_; }
   const std::string& backend() const { return backend_; }
 
   /// Starts summing `t` in place across all processes.
@@ -66,7 +68,7 @@ class Group {
   virtual void barrier() = 0;
 
  protected:
-  int64_t rank_ = 0, size_ = 1, local_rank_ = 0;
+  int64_t rank_ = 0, size_ = 1, local_rank_ = 0, local_size_ = 1;
   std::string backend_;
 };
 

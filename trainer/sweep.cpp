@@ -165,8 +165,7 @@ std::string config_difference(const fs::path& run_dir, const Config& config) {
   } catch (const std::exception&) {
   }
   for (auto* j : {&saved, &now}) {
-    if (j->contains("train"))
-      for (const char* k : {"threads", "device", "checkpoint_interval_s", "log_every"}) (*j)["train"].erase(k);
+    drop_runtime_keys(*j);
     if (j->contains("search")) (*j)["search"].erase("teacher");
   }
   if (config.method == "baseline")  // a baseline run never reads the search settings
@@ -597,12 +596,12 @@ SweepResult run_sweep(const SweepConfig& sweep, const SweepOptions& options) {
       if (r.status == "pending" && !fs::exists(p.dir)) continue;  // not started by anyone yet
       rows.push_back(std::move(r));
     }
-    result.rows = rows;
+    result.rows = std::move(rows);
     if (!dist::is_primary()) return;  // in a multi-process sweep rank 0 keeps the table
     fs::create_directories(out);
-    write_file_atomic((out / "sweep.csv").string(), sweep_csv(rows));
+    write_file_atomic((out / "sweep.csv").string(), sweep_csv(result.rows));
     std::string errors;
-    for (const auto& r : rows)
+    for (const auto& r : result.rows)
       if (r.status == "failed") errors += r.name + ": " + r.error + "\n";
     const fs::path errors_path = out / "sweep-errors.txt";
     if (!errors.empty()) write_file_atomic(errors_path.string(), errors);

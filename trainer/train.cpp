@@ -308,12 +308,8 @@ RunResult run_training(const Config& config, const RunOptions& options) {
     CheckpointMeta meta = read_checkpoint_meta(last_path);
     // Resuming with a different config would silently change the run; only how it runs may differ.
     nlohmann::json saved = meta.config, now = to_json(config);
-    for (auto* j : {&saved, &now}) {
-      (*j)["train"].erase("threads");
-      (*j)["train"].erase("device");
-      (*j)["train"].erase("checkpoint_interval_s");
-      (*j)["train"].erase("log_every");
-    }
+    drop_runtime_keys(saved);
+    drop_runtime_keys(now);
     if (saved != now) {
       const auto diff = nlohmann::json::diff(saved, now);
       throw std::runtime_error("--resume: the config differs from the one the run in " + options.out_dir +
@@ -337,10 +333,8 @@ RunResult run_training(const Config& config, const RunOptions& options) {
   Reporter report(primary ? (out / "log.txt").string() : std::string(), options.quiet || !primary);
   // Processes sharing a machine share its cores.
   int64_t thread_request = config.train.threads;
-  if (group && thread_request == 0) {
-    const int64_t local = dist::launch_env_from_environment().local_world_size;
-    thread_request = std::max<int64_t>(1, static_cast<int64_t>(std::thread::hardware_concurrency()) / local);
-  }
+  if (group && thread_request == 0)
+    thread_request = std::max<int64_t>(1, static_cast<int64_t>(std::thread::hardware_concurrency()) / group->local_size());
   const int64_t threads = configure_threads(thread_request);
   torch::Device device = resolve_device(config.train.device);
   if (group && device.is_cuda()) device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(group->local_rank()));
@@ -402,11 +396,12 @@ RunResult run_training(const Config& config, const RunOptions& options) {
     report.line("resumed " + options.out_dir + " at epoch " + std::to_string(epoch + 1) + " step " +
                 std::to_string(step_in_epoch));
   }
-  if (group) broadcast_model(*ctx.model, *group);
   const int64_t epochs = config.train.epochs;
-  if (group)
+  if (group) {
+    broadcast_model(*ctx.model, *group);
     report.line("distributed: " + std::to_string(world) + " processes (" + group->backend() + "), " +
                 std::to_string(local_B) + " samples of every batch of " + std::to_string(B) + " per process");
+  }
   report.line("train: " + config.method + " " + spec.name + " on " + data.name + ", " + std::to_string(epochs) +
               " epochs x " + std::to_string(ctx.steps_per_epoch) + " steps, batch " + std::to_string(B) + ", " +
               std::to_string(threads) + " threads, " + device.str() + ", ReLUs " +

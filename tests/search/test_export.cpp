@@ -1,4 +1,5 @@
 #include "tests/torch_catch.h"
+#include "tests/trainer/test_util.h"
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -26,6 +27,7 @@ using namespace autorep;
 using Catch::Matchers::Contains;
 namespace fs = std::filesystem;
 using search::ExportJson;
+using autorep::test::read_text;
 
 namespace {
 
@@ -47,13 +49,6 @@ fs::path fresh_dir(const std::string& name) {
   fs::create_directories(p);
   dirs.paths.push_back(p);
   return p;
-}
-
-std::string read_text(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
 }
 
 void write_text(const fs::path& p, const std::string& text) {

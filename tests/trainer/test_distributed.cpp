@@ -25,6 +25,8 @@ using namespace autorep::trainer;
 namespace fs = std::filesystem;
 using autorep::test::fresh_dir;
 using autorep::test::have_fashion_mnist;
+using autorep::test::read_metrics;
+using autorep::test::read_text;
 
 namespace {
 
@@ -101,24 +103,6 @@ std::vector<int> wait_all(const std::vector<pid_t>& pids, std::chrono::seconds l
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   return status;
-}
-
-std::string read_text(const fs::path& p) {
-  std::ifstream in(p);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-std::vector<nlohmann::json> metrics(const fs::path& run, const std::string& type) {
-  std::vector<nlohmann::json> out;
-  std::ifstream in(run / "metrics.jsonl");
-  std::string line;
-  while (std::getline(in, line)) {
-    auto j = nlohmann::json::parse(line);
-    if (j["type"] == type) out.push_back(j);
-  }
-  return out;
 }
 
 void write_json(const fs::path& p, const nlohmann::json& j) { std::ofstream(p) << j.dump(2); }
@@ -255,7 +239,7 @@ TEST_CASE("two Gloo processes with half batches train like one process with the 
   CHECK(read_text(dir / "rank1.log").empty());  // only rank 0 prints
 
   // Same loss trajectory and accuracy (float tolerance: half batches sum in another order).
-  const auto e1 = metrics(one, "epoch"), e2 = metrics(two, "epoch");
+  const auto e1 = read_metrics(one, "epoch"), e2 = read_metrics(two, "epoch");
   REQUIRE(e1.size() == 2);
   REQUIRE(e2.size() == 2);
   for (size_t i = 0; i < e1.size(); ++i) {
@@ -263,7 +247,7 @@ TEST_CASE("two Gloo processes with half batches train like one process with the 
     CHECK(e2[i]["kept_relus"] == e1[i]["kept_relus"]);
     CHECK(e2[i]["kept_per_site"] == e1[i]["kept_per_site"]);
   }
-  const auto v1 = metrics(one, "eval"), v2 = metrics(two, "eval");
+  const auto v1 = read_metrics(one, "eval"), v2 = read_metrics(two, "eval");
   REQUIRE(v1.size() == v2.size());
   CHECK(v2.back()["test_accuracy"].get<double>() == Approx(v1.back()["test_accuracy"].get<double>()).margin(0.01));
 

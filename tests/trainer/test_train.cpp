@@ -33,12 +33,7 @@ Config tiny_config() {
 
 std::vector<double> train_losses(const fs::path& run) {
   std::vector<double> out;
-  std::ifstream in(run / "metrics.jsonl");
-  std::string line;
-  while (std::getline(in, line)) {
-    auto j = nlohmann::json::parse(line);
-    if (j["type"] == "epoch") out.push_back(j["train_loss"].get<double>());
-  }
+  for (const auto& j : autorep::test::read_metrics(run, "epoch")) out.push_back(j["train_loss"].get<double>());
   return out;
 }
 
