@@ -147,9 +147,19 @@ Config config_from_json(const nlohmann::json& user, const std::string& source) {
   return c;
 }
 
-void drop_runtime_keys(nlohmann::json& config_json) {
-  if (!config_json.contains("train")) return;
-  for (const char* k : {"threads", "device", "checkpoint_interval_s", "log_every"}) config_json["train"].erase(k);
+nlohmann::json comparable_config(const nlohmann::json& config_json, const std::string& source) {
+  nlohmann::json out = config_json;
+  try {
+    out = to_json(config_from_json(config_json, source));
+  } catch (const std::exception&) {
+  }
+  if (out.contains("train"))
+    for (const char* k : {"threads", "device", "checkpoint_interval_s", "log_every"}) out["train"].erase(k);
+  const std::string method = out.value("method", std::string("baseline"));
+  if (method == "baseline") out.erase("search");
+  if (method == "snl" && out.contains("gate"))
+    for (const char* k : {"degree", "scale1", "scale2", "dapa"}) out["gate"].erase(k);
+  return out;
 }
 
 void apply_override(nlohmann::json& user, const std::string& assignment) {

@@ -107,9 +107,13 @@ struct Config {
 /// All keys with their defaults, as JSON (the schema user configs are checked against).
 nlohmann::json config_defaults();
 nlohmann::json to_json(const Config& config);
-/// Removes from a config's JSON the keys that only affect how a run runs (threads, device,
-/// checkpoint cadence, logging): a run may be resumed or skipped with other values for them.
-void drop_runtime_keys(nlohmann::json& config_json);
+/// A saved or current config as `--resume` and the sweep's skip check compare it: read back
+/// through the parser, so a config written by an older autorep gets the keys added since with
+/// their defaults (left as saved if it no longer parses), and without the keys that only affect
+/// how a run runs (threads, device, checkpoint cadence, logging) and the settings its method
+/// never reads (a baseline's `search` section; snl's polynomial settings `gate.degree`,
+/// `gate.scale1`, `gate.scale2`, `gate.dapa`: its replacements are fixed identities).
+nlohmann::json comparable_config(const nlohmann::json& config_json, const std::string& source = "config");
 /// Builds a Config from a user JSON: every key must exist in config_defaults() with a
 /// compatible type, else std::runtime_error "<source>: <key.path>: <what is wrong>".
 Config config_from_json(const nlohmann::json& user, const std::string& source = "config");

@@ -152,24 +152,16 @@ std::string read_text(const fs::path& p) {
 }
 
 // First difference between a run folder's config.json and the config the sweep would run now,
-// ignoring what only affects how a run runs (threads, device, checkpoint cadence, logging) and
-// where the teacher lives (the sweep folder may have moved). "" when they agree.
+// compared as comparable_config() does (run-only keys and settings the method never reads do
+// not count), also ignoring where the teacher lives (the sweep folder may have moved). "" when
+// they agree.
 std::string config_difference(const fs::path& run_dir, const Config& config) {
   const fs::path saved_path = run_dir / "config.json";
   if (!fs::exists(saved_path)) return "";
-  nlohmann::json saved = read_json_file(saved_path.string()), now = to_json(config);
-  // A folder written by an older autorep lacks keys added since; reading it back through the
-  // config parser fills them with their defaults so only real differences count.
-  try {
-    saved = to_json(config_from_json(saved, saved_path.string()));
-  } catch (const std::exception&) {
-  }
-  for (auto* j : {&saved, &now}) {
-    drop_runtime_keys(*j);
+  nlohmann::json saved = comparable_config(read_json_file(saved_path.string()), saved_path.string());
+  nlohmann::json now = comparable_config(to_json(config));
+  for (auto* j : {&saved, &now})
     if (j->contains("search")) (*j)["search"].erase("teacher");
-  }
-  if (config.method == "baseline")  // a baseline run never reads the search settings
-    for (auto* j : {&saved, &now}) j->erase("search");
   if (saved == now) return "";
   const auto diff = nlohmann::json::diff(saved, now);
   return diff.empty() ? std::string("?") : diff.at(0).value("path", std::string("?"));
@@ -435,14 +427,30 @@ SweepConfig sweep_config_from_json(const nlohmann::json& j, const std::string& s
     fail(source, "budgets", "expected a non-empty list of ReLU counts or percentages, got " + budgets.dump());
   std::set<std::string> names;
   for (size_t i = 0; i < budgets.size(); ++i) {
-    const auto& b = budgets[i];
-    const std::string key = "budgets[" + std::to_string(i) + "]";
+    std::string key = "budgets[" + std::to_string(i) + "]";
+    nlohmann::json budget_set = nlohmann::json::object();
+    const nlohmann::json* entry = &budgets[i];
+    if (entry->is_object()) {  // {"budget": "1%", "set": {...}}: settings for this budget's runs only
+      for (auto it = entry->begin(); it != entry->end(); ++it) {
+        const std::string& k = it.key();
+        if (!k.empty() && k[0] == '_') continue;
+        if (k != "budget" && k != "set") fail(source, key + "." + k, "unknown key (valid keys in a budget: budget, set)");
+      }
+      if (!entry->contains("budget")) fail(source, key + ".budget", "missing: give the ReLU count or percentage");
+      if (entry->contains("set")) budget_set = parse_set((*entry)["set"], source, key + ".set");
+      entry = &(*entry)["budget"];
+      key += ".budget";
+    }
+    const auto& b = *entry;
     if (!(b.is_number_integer() || b.is_number_unsigned() || b.is_string()))
-      fail(source, key, "expected a ReLU count (integer) or a percentage string like \"3%\", got " + b.dump());
+      fail(source, key,
+           "expected a ReLU count (integer), a percentage string like \"3%\" or {\"budget\": ..., \"set\": {...}}, got " +
+               b.dump());
     if (b.is_number_integer() && b.get<int64_t>() < 0) fail(source, key, "must not be negative, got " + b.dump());
     if (!names.insert(sweep_run_name("", b)).second)
       fail(source, key, "duplicate budget " + b.dump() + " (its run folder name is taken)");
     s.budgets.push_back(b);
+    s.budget_sets.push_back(std::move(budget_set));
   }
 
   if (j.contains("methods")) {
@@ -563,7 +571,8 @@ SweepResult run_sweep(const SweepConfig& sweep, const SweepOptions& options) {
   // fails now and names its key rather than after hours of runs.
   std::vector<PlannedRun> plan;
   for (const auto& method : sweep.methods) {
-    for (const auto& budget : sweep.budgets) {
+    for (size_t b = 0; b < sweep.budgets.size(); ++b) {
+      const nlohmann::json& budget = sweep.budgets[b];
       PlannedRun p;
       p.index = static_cast<int64_t>(plan.size());
       p.method = method;
@@ -572,6 +581,7 @@ SweepResult run_sweep(const SweepConfig& sweep, const SweepOptions& options) {
       p.dir = out / p.name;
       nlohmann::json user = sweep.base;
       apply_sets(user, sweep.set);
+      if (b < sweep.budget_sets.size()) apply_sets(user, sweep.budget_sets[b]);
       apply_cli_overrides(user, options.overrides, "--set");
       user["method"] = method;
       user["search"]["budget"] = budget;

@@ -21,6 +21,8 @@ struct SweepConfig {
   nlohmann::json base;                 ///< user JSON of the base run config (`base` file or `base_config`)
   std::string base_source;             ///< where `base` came from
   std::vector<nlohmann::json> budgets;  ///< each an integer count or a string such as "3%"
+  /// Per budget (same order): {"a.b": value} applied to that budget's runs after `set`.
+  std::vector<nlohmann::json> budget_sets;
   std::vector<std::string> methods;     ///< reduction methods; from the base's method when not given
   nlohmann::json set = nlohmann::json::object();  ///< {"a.b": value} applied to every run
   std::string teacher_checkpoint;      ///< `teacher` as a path: an existing baseline checkpoint

@@ -307,9 +307,7 @@ RunResult run_training(const Config& config, const RunOptions& options) {
       throw std::runtime_error(last_path + ": nothing to resume (no checkpoint in " + options.out_dir + ")");
     CheckpointMeta meta = read_checkpoint_meta(last_path);
     // Resuming with a different config would silently change the run; only how it runs may differ.
-    nlohmann::json saved = meta.config, now = to_json(config);
-    drop_runtime_keys(saved);
-    drop_runtime_keys(now);
+    const nlohmann::json saved = comparable_config(meta.config, last_path), now = comparable_config(to_json(config));
     if (saved != now) {
       const auto diff = nlohmann::json::diff(saved, now);
       throw std::runtime_error("--resume: the config differs from the one the run in " + options.out_dir +

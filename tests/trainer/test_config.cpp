@@ -60,3 +60,24 @@ TEST_CASE("every shipped config is valid", "[config]") {
   }
   CHECK(n >= 6);
 }
+
+TEST_CASE("comparable configs ignore run-only keys and fill keys an older autorep did not write", "[config]") {
+  Config c;
+  c.method = "autorep";
+  json full = to_json(c);
+  json older = full;
+  older["gate"]["dapa"].erase("var_floor");  // a key added after that run started
+  json other_machine = full;
+  other_machine["train"]["threads"] = 7;
+  other_machine["train"]["checkpoint_interval_s"] = 5.0;
+  CHECK(comparable_config(older) == comparable_config(full));
+  CHECK(comparable_config(other_machine) == comparable_config(full));
+  CHECK_FALSE(comparable_config(full).at("train").contains("threads"));
+  json changed = full;
+  changed["gate"]["dapa"]["var_floor"] = 0.25;
+  CHECK(comparable_config(changed) != comparable_config(full));
+  // A saved config that no longer parses is compared as written, not dropped.
+  json unknown = full;
+  unknown["gate"]["retired_key"] = 1;
+  CHECK(comparable_config(unknown).at("gate").contains("retired_key"));
+}

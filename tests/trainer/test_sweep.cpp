@@ -113,7 +113,22 @@ TEST_CASE("sweep config errors name the key", "[sweep][config]") {
   };
   CHECK_THAT(with("budget", "3%"), Catch::Contains("s.json: budget: unknown key") && Catch::Contains("budgets"));
   CHECK_THAT(with("budgets", nlohmann::json::array()), Catch::Contains("s.json: budgets:"));
-  CHECK_THAT(with("budgets", {"3%", {{"x", 1}}}), Catch::Contains("s.json: budgets[1]:"));
+  CHECK_THAT(with("budgets", {"3%", {{"x", 1}}}), Catch::Contains("s.json: budgets[1].x: unknown key"));
+  CHECK_THAT(with("budgets", {"3%", true}), Catch::Contains("s.json: budgets[1]: expected a ReLU count"));
+  CHECK_THAT(with("budgets", {"3%", {{"set", nlohmann::json::object()}}}),
+             Catch::Contains("s.json: budgets[1].budget: missing"));
+  CHECK_THAT(with("budgets", {"3%", {{"budget", "1%"}, {"set", {{"train.epoch", 3}}}}}),
+             Catch::Contains("s.json: budgets[1].set: train.epoch: unknown key"));
+  CHECK_THAT(with("budgets", {"3%", {{"budget", "3%"}}}), Catch::Contains("budgets[1].budget: duplicate"));
+  {
+    nlohmann::json j = ok;
+    j["budgets"] = {"3%", {{"budget", "1%"}, {"set", {{"search.finetune_optim", {{"lr", 1e-4}}}}}}};
+    const SweepConfig per_budget = sweep_config_from_json(j, "s.json", "");
+    REQUIRE(per_budget.budgets.size() == 2);
+    CHECK(per_budget.budgets[1] == "1%");
+    CHECK(per_budget.budget_sets[0].empty());
+    CHECK(per_budget.budget_sets[1]["search.finetune_optim"]["lr"] == 1e-4);
+  }
   CHECK_THAT(with("budgets", {"3%", "3%"}), Catch::Contains("budgets[1]: duplicate"));
   CHECK_THAT(with("budgets", {-5}), Catch::Contains("budgets[0]: must not be negative"));
   CHECK_THAT(with("methods", {"autorep", "bogus"}), Catch::Contains("s.json: methods[1]:") && Catch::Contains("bogus"));
@@ -318,5 +333,51 @@ TEST_CASE("a two-budget sweep writes the table and plot, skips finished runs and
   CHECK(r4.rows[1].status == "failed");
   CHECK_THAT(r4.rows[1].error, Catch::Contains("another config") && Catch::Contains("finetune_optim"));
 
+  fs::remove_all(out);
+}
+
+TEST_CASE("a budget's own settings reach its runs, and the skip check ignores what a method never reads",
+          "[sweep]") {
+  // Run folders written by hand (config.json + result.json): --collect trains nothing and reports
+  // each folder as the sweep's skip check sees it.
+  nlohmann::json j = tiny_sweep({"5%", {{"budget", 1000}, {"set", {{"search.finetune_optim", {{"lr", 1e-4}}}}}}});
+  j["methods"] = {"autorep", "snl"};
+  j.erase("teacher");
+  j["base_config"]["search"]["teacher"] = "/nonexistent/teacher.pt";
+  const SweepConfig sweep = sweep_config_from_json(j, "s.json", "");
+  const fs::path out = fresh_dir("sweep-budget-set");
+  auto write_run = [&](const std::string& name, const std::string& method, const nlohmann::json& budget,
+                       const std::vector<std::string>& sets) {
+    nlohmann::json user = j["base_config"];
+    user["method"] = method;
+    user["search"]["budget"] = budget;
+    for (const auto& s : sets) apply_override(user, s);
+    fs::create_directories(out / name);
+    std::ofstream(out / name / "config.json") << to_json(config_from_json(user)).dump(1);
+    std::ofstream(out / name / "result.json")
+        << nlohmann::json{{"relu_count", 900}, {"total_relus", 18880}, {"accuracy", 0.5}, {"seconds", 1.0}}.dump();
+  };
+  write_run("autorep-5pct", "autorep", "5%", {});
+  write_run("autorep-1000", "autorep", 1000, {"search.finetune_optim.lr=1e-4"});
+  write_run("snl-5pct", "snl", "5%", {"gate.dapa.sigma=var", "gate.degree=1"});  // never read by snl
+  write_run("snl-1000", "snl", 1000, {});  // lacks the budget's finetune lr
+  SweepOptions o;
+  o.out_dir = out.string();
+  o.quiet = true;
+  o.collect = true;
+  o.plot = false;
+  run_sweep(sweep, o);
+  std::map<std::string, std::map<std::string, std::string>> by_name;
+  for (const auto& row : read_csv(out / "sweep.csv")) by_name[row.at("run_dir")] = row;
+  CHECK(by_name.at("autorep-5pct").at("status") == "ok");
+  CHECK(by_name.at("autorep-1000").at("status") == "ok");
+  CHECK(by_name.at("snl-5pct").at("status") == "ok");
+  CHECK(by_name.at("snl-1000").at("status") == "failed");
+  CHECK_THAT(by_name.at("snl-1000").at("error"), Catch::Contains("/search/finetune_optim/lr"));
+  // The same budget setting on an autorep folder with another polynomial degree does count.
+  write_run("autorep-5pct", "autorep", "5%", {"gate.degree=1"});
+  run_sweep(sweep, o);
+  for (const auto& row : read_csv(out / "sweep.csv"))
+    if (row.at("run_dir") == "autorep-5pct") CHECK(row.at("status") == "failed");
   fs::remove_all(out);
 }
