@@ -15,7 +15,7 @@ namespace {
 
 struct SweepArgs {
   std::string config;
-  std::vector<std::string> sets, teacher_sets;
+  std::vector<std::string> sets, teacher_sets, only;
   std::string out, device, shard;
   int64_t threads = -1;
   bool collect = false, teacher_only = false, quiet_runs = false, no_plot = false;
@@ -53,6 +53,7 @@ int cmd_sweep(const SweepArgs& a) {
   o.device = a.device;
   o.threads = a.threads;
   if (!a.shard.empty()) parse_shard(a.shard, &o.shard, &o.shards);
+  o.only = a.only;
   o.collect = a.collect;
   o.teacher_only = a.teacher_only;
   o.quiet_runs = a.quiet_runs;
@@ -63,7 +64,7 @@ int cmd_sweep(const SweepArgs& a) {
   std::cout << "sweep: " << r.planned << " runs";
   if (!a.collect && !a.teacher_only) {
     std::cout << ": " << r.trained << " trained, " << r.skipped << " finished before, " << r.failed << " failed";
-    if (r.other_shards > 0) std::cout << ", " << r.other_shards << " left to other shards";
+    if (r.other_shards > 0) std::cout << ", " << r.other_shards << " left to other shards or not selected";
   }
   std::cout << "\nsweep: table " << r.csv_path;
   if (!r.png_path.empty()) std::cout << ", plot " << r.png_path << " and " << r.svg_path;
@@ -91,6 +92,7 @@ void add_sweep_commands(CLI::App& app, Commands& out) {
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
   sweep->add_option("--threads", sa->threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
   sweep->add_option("--shard", sa->shard, "K/N: run only the runs whose index % N == K-1 (array jobs)");
+  sweep->add_option("--only", sa->only, "Train only this run (folder name such as autorep-1pct; repeatable)");
   sweep->add_flag("--collect", sa->collect, "Train nothing: rebuild sweep.csv and the plot from the run folders");
   sweep->add_flag("--teacher-only", sa->teacher_only, "Train (or skip) the shared teacher, then stop");
   sweep->add_flag("--quiet-runs", sa->quiet_runs, "Print only the sweep's lines, not each run's progress");

@@ -63,7 +63,8 @@ int cmd_train(const TrainArgs& a) {
   RunOptions opts;
   opts.out_dir = a.out.empty() ? "runs/" + config.method + "-" + config.model.name : a.out;
   opts.resume = a.resume;
-  run_training(config, opts);
+  const RunResult r = run_training(config, opts);
+  if (r.completed) write_run_result(config, r);
   return 0;
 }
 

@@ -457,14 +457,29 @@ SweepConfig sweep_config_from_json(const nlohmann::json& j, const std::string& s
     const auto& m = j["methods"];
     if (!m.is_array() || m.empty()) fail(source, "methods", "expected a non-empty list of method names, got " + m.dump());
     for (size_t i = 0; i < m.size(); ++i) {
-      const std::string key = "methods[" + std::to_string(i) + "]";
-      if (!m[i].is_string()) fail(source, key, "expected a method name, got " + m[i].dump());
-      const std::string name = m[i];
+      std::string key = "methods[" + std::to_string(i) + "]";
+      nlohmann::json method_set = nlohmann::json::object();
+      const nlohmann::json* entry = &m[i];
+      if (entry->is_object()) {  // {"method": "uniform", "set": {...}}: settings for this method's runs only
+        for (auto it = entry->begin(); it != entry->end(); ++it) {
+          const std::string& k = it.key();
+          if (!k.empty() && k[0] == '_') continue;
+          if (k != "method" && k != "set") fail(source, key + "." + k, "unknown key (valid keys in a method: method, set)");
+        }
+        if (!entry->contains("method")) fail(source, key + ".method", "missing: give the method name");
+        if (entry->contains("set")) method_set = parse_set((*entry)["set"], source, key + ".set");
+        entry = &(*entry)["method"];
+        key += ".method";
+      }
+      if (!entry->is_string())
+        fail(source, key, "expected a method name or {\"method\": ..., \"set\": {...}}, got " + entry->dump());
+      const std::string name = *entry;
       if (std::find(kReductionMethods.begin(), kReductionMethods.end(), name) == kReductionMethods.end())
         fail(source, key, "expected one of " + join(kReductionMethods) + ", got \"" + name + "\"");
       if (std::find(s.methods.begin(), s.methods.end(), name) != s.methods.end())
         fail(source, key, "duplicate method \"" + name + "\"");
       s.methods.push_back(name);
+      s.method_sets.push_back(std::move(method_set));
     }
   } else {
     const std::string base_method = s.base.value("method", std::string("baseline"));
@@ -570,7 +585,8 @@ SweepResult run_sweep(const SweepConfig& sweep, const SweepOptions& options) {
   // Every run's config is built and checked before anything trains, so a mistake in the sweep
   // fails now and names its key rather than after hours of runs.
   std::vector<PlannedRun> plan;
-  for (const auto& method : sweep.methods) {
+  for (size_t m = 0; m < sweep.methods.size(); ++m) {
+    const std::string& method = sweep.methods[m];
     for (size_t b = 0; b < sweep.budgets.size(); ++b) {
       const nlohmann::json& budget = sweep.budgets[b];
       PlannedRun p;
@@ -581,6 +597,7 @@ SweepResult run_sweep(const SweepConfig& sweep, const SweepOptions& options) {
       p.dir = out / p.name;
       nlohmann::json user = sweep.base;
       apply_sets(user, sweep.set);
+      if (m < sweep.method_sets.size()) apply_sets(user, sweep.method_sets[m]);
       if (b < sweep.budget_sets.size()) apply_sets(user, sweep.budget_sets[b]);
       apply_cli_overrides(user, options.overrides, "--set");
       user["method"] = method;
@@ -591,6 +608,14 @@ SweepResult run_sweep(const SweepConfig& sweep, const SweepOptions& options) {
       plan.push_back(std::move(p));
     }
   }
+  for (const auto& name : options.only) {
+    if (std::none_of(plan.begin(), plan.end(), [&](const PlannedRun& p) { return p.name == name; })) {
+      std::vector<std::string> names;
+      for (const auto& p : plan) names.push_back(p.name);
+      throw std::runtime_error("--only " + name + ": no such run in " + sweep.source + " (its runs: " + join(names) + ")");
+    }
+  }
+  const bool selected_runs = options.shards > 1 || !options.only.empty();
   result.planned = static_cast<int64_t>(plan.size());
   const int64_t total = result.planned;
   auto tag = [&](const PlannedRun& p) {
@@ -638,10 +663,10 @@ SweepResult run_sweep(const SweepConfig& sweep, const SweepOptions& options) {
       console.line("teacher " + teacher_dir.string() + ": finished (accuracy " + fixed(100.0 * t.accuracy, 2) +
                    "%), skipped");
     } else {
-      if (options.shards > 1 && !options.teacher_only)
+      if (selected_runs && !options.teacher_only)
         throw std::runtime_error("the shared teacher in " + teacher_dir.string() +
                                  " is not trained yet; train it once with `autorep sweep --config " + sweep.source +
-                                 " --teacher-only` (same --out) before starting the shards");
+                                 " --teacher-only` (same --out) before starting shards or --only runs");
       const bool resume = fs::exists(teacher_dir / "checkpoints" / "last.pt");
       if (!resume && fs::exists(teacher_dir) && dist::is_primary()) fs::remove_all(teacher_dir);
       dist::barrier();
@@ -658,14 +683,7 @@ SweepResult run_sweep(const SweepConfig& sweep, const SweepOptions& options) {
       }
       if (!fs::exists(teacher_dir / "checkpoints" / "best.pt"))
         throw std::runtime_error("teacher (" + teacher_dir.string() + "): no checkpoints/best.pt after training");
-      const nlohmann::json tr = {{"method", "baseline"},
-                                 {"accuracy", r.best_accuracy},
-                                 {"final_accuracy", r.final_accuracy},
-                                 {"relu_count", r.kept_relus},
-                                 {"total_relus", r.total_relus},
-                                 {"seconds", r.seconds},
-                                 {"checkpoint", "checkpoints/best.pt"}};
-      if (dist::is_primary()) write_file_atomic((teacher_dir / "result.json").string(), tr.dump(2) + "\n");
+      write_run_result(teacher_config, r);
       result.teacher_trained = true;
       console.line("teacher done: accuracy " + fixed(100.0 * r.best_accuracy, 2) + "%, " + fixed(r.seconds, 0) + " s");
     }
@@ -679,7 +697,9 @@ SweepResult run_sweep(const SweepConfig& sweep, const SweepOptions& options) {
 
   write_table();
   for (const auto& p : plan) {
-    if (p.index % options.shards != options.shard - 1) {
+    const bool chosen = options.only.empty() ||
+                        std::find(options.only.begin(), options.only.end(), p.name) != options.only.end();
+    if (p.index % options.shards != options.shard - 1 || !chosen) {
       ++result.other_shards;
       continue;
     }
@@ -712,25 +732,10 @@ SweepResult run_sweep(const SweepConfig& sweep, const SweepOptions& options) {
       ro.quiet = options.quiet || options.quiet_runs;
       const RunResult r = run_training(p.config, ro);
       if (!r.completed) throw std::runtime_error("the run stopped before its last epoch");
-      const nlohmann::json& s = r.summary;
-      std::string export_path;
-      if (s.is_object() && s.contains("path") && s["path"].is_string())
-        export_path = fs::path(s["path"].get<std::string>()).lexically_relative(p.dir).string();
-      const int64_t relus = s.is_object() && s.contains("kept") && s["kept"].is_number_integer() ? s["kept"].get<int64_t>()
-                                                                                             : r.kept_relus;
-      const double accuracy = s.is_object() && s.contains("accuracy") && s["accuracy"].is_number()
-                                  ? s["accuracy"].get<double>()
-                                  : (r.best_accuracy >= 0 ? r.best_accuracy : r.final_accuracy);
-      const nlohmann::json rj = {{"method", p.method},
-                                 {"budget", p.budget},
-                                 {"relu_count", relus},
-                                 {"total_relus", r.total_relus},
-                                 {"accuracy", accuracy},
-                                 {"best_accuracy", r.best_accuracy},
-                                 {"final_accuracy", r.final_accuracy},
-                                 {"seconds", r.seconds},
-                                 {"export_path", export_path}};
-      if (dist::is_primary()) write_file_atomic((p.dir / "result.json").string(), rj.dump(2) + "\n");
+      const nlohmann::json rj = run_result_json(p.config, r);
+      write_run_result(p.config, r);
+      const double accuracy = rj.at("accuracy").get<double>();
+      const int64_t relus = rj.at("relu_count").get<int64_t>();
       ++result.trained;
       console.line(tag(p) + ": done, accuracy " + fixed(100.0 * accuracy, 2) + "%, ReLUs " + commas(relus) + " of " +
                    commas(r.total_relus) + ", " + fixed(r.seconds, 0) + " s");

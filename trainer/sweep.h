@@ -21,9 +21,13 @@ struct SweepConfig {
   nlohmann::json base;                 ///< user JSON of the base run config (`base` file or `base_config`)
   std::string base_source;             ///< where `base` came from
   std::vector<nlohmann::json> budgets;  ///< each an integer count or a string such as "3%"
-  /// Per budget (same order): {"a.b": value} applied to that budget's runs after `set`.
+  /// Per budget (same order; may be shorter): {"a.b": value} applied to that budget's runs
+  /// after the method's.
   std::vector<nlohmann::json> budget_sets;
   std::vector<std::string> methods;     ///< reduction methods; from the base's method when not given
+  /// Per method (same order; may be shorter): {"a.b": value} applied to that method's runs
+  /// after `set`, before the budget's.
+  std::vector<nlohmann::json> method_sets;
   nlohmann::json set = nlohmann::json::object();  ///< {"a.b": value} applied to every run
   std::string teacher_checkpoint;      ///< `teacher` as a path: an existing baseline checkpoint
   nlohmann::json teacher_base;         ///< `teacher.config`: user JSON of the shared teacher (null: none)
@@ -47,6 +51,7 @@ struct SweepOptions {
   int64_t threads = -1;                   ///< >= 0: train.threads for the teacher and every run
   int64_t shard = 1;                      ///< run only runs with index % shards == shard - 1 (1-based)
   int64_t shards = 1;
+  std::vector<std::string> only;          ///< run folder names (autorep-1pct, ...): train only these
   bool collect = false;                   ///< train nothing; rebuild the table and the plot
   bool teacher_only = false;              ///< train (or skip) the shared teacher, then stop
   bool quiet = false;                     ///< no console output (runs still write log.txt)
@@ -76,7 +81,7 @@ struct SweepResult {
   int64_t trained = 0;      ///< runs trained (or resumed) to completion by this call
   int64_t skipped = 0;      ///< runs skipped because they had finished before
   int64_t failed = 0;       ///< runs that failed in this call (or hold a run of another config)
-  int64_t other_shards = 0;  ///< runs left to other shards
+  int64_t other_shards = 0;  ///< runs left to other shards (or not chosen by `only`)
   bool teacher_trained = false;  ///< the shared teacher was trained (or resumed) by this call
   std::vector<SweepRow> rows;    ///< the table as last written (teacher first when present)
   std::string csv_path;

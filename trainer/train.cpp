@@ -620,4 +620,39 @@ RunResult run_training(const Config& config, const RunOptions& options) {
   return result;
 }
 
+nlohmann::json run_result_json(const Config& config, const RunResult& r) {
+  if (config.method == "baseline") {
+    return {{"method", "baseline"},
+            {"accuracy", r.best_accuracy},
+            {"final_accuracy", r.final_accuracy},
+            {"relu_count", r.kept_relus},
+            {"total_relus", r.total_relus},
+            {"seconds", r.seconds},
+            {"checkpoint", "checkpoints/best.pt"}};
+  }
+  const nlohmann::json& s = r.summary;
+  std::string export_path;
+  if (s.is_object() && s.contains("path") && s["path"].is_string())
+    export_path = fs::path(s["path"].get<std::string>()).lexically_relative(r.out_dir).string();
+  const int64_t relus =
+      s.is_object() && s.contains("kept") && s["kept"].is_number_integer() ? s["kept"].get<int64_t>() : r.kept_relus;
+  const double accuracy = s.is_object() && s.contains("accuracy") && s["accuracy"].is_number()
+                              ? s["accuracy"].get<double>()
+                              : (r.best_accuracy >= 0 ? r.best_accuracy : r.final_accuracy);
+  return {{"method", config.method},
+          {"budget", config.search.budget},
+          {"relu_count", relus},
+          {"total_relus", r.total_relus},
+          {"accuracy", accuracy},
+          {"best_accuracy", r.best_accuracy},
+          {"final_accuracy", r.final_accuracy},
+          {"seconds", r.seconds},
+          {"export_path", export_path}};
+}
+
+void write_run_result(const Config& config, const RunResult& r) {
+  if (!dist::is_primary()) return;
+  write_file_atomic((fs::path(r.out_dir) / "result.json").string(), run_result_json(config, r).dump(2) + "\n");
+}
+
 }  // namespace autorep::trainer

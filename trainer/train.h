@@ -39,6 +39,15 @@ struct RunResult {
 /// Runs (or resumes) a training run as configured.
 RunResult run_training(const Config& config, const RunOptions& options);
 
+/// The summary a finished run leaves in `<run dir>/result.json` (written by `autorep train` and
+/// by sweeps; paths relative to the run folder). Reduction runs: method, budget, relu_count,
+/// total_relus, accuracy (of the exported model), best_accuracy, final_accuracy, seconds,
+/// export_path. Baselines: method, accuracy (best), final_accuracy, relu_count, total_relus,
+/// seconds, checkpoint.
+nlohmann::json run_result_json(const Config& config, const RunResult& result);
+/// Writes run_result_json() to `<result.out_dir>/result.json` atomically (rank 0 only).
+void write_run_result(const Config& config, const RunResult& result);
+
 /// Sets LibTorch's intra-op threads: `threads`, or all cores when 0. Returns the count used.
 int64_t configure_threads(int64_t threads);
 /// Resolves "auto" | "cpu" | "cuda" (error when cuda is asked for but not available).

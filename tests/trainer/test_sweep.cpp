@@ -133,6 +133,12 @@ TEST_CASE("sweep config errors name the key", "[sweep][config]") {
   CHECK_THAT(with("budgets", {-5}), Catch::Contains("budgets[0]: must not be negative"));
   CHECK_THAT(with("methods", {"autorep", "bogus"}), Catch::Contains("s.json: methods[1]:") && Catch::Contains("bogus"));
   CHECK_THAT(with("methods", {"random", "random"}), Catch::Contains("methods[1]: duplicate"));
+  CHECK_THAT(with("methods", {"random", {{"method", "random"}}}), Catch::Contains("methods[1].method: duplicate"));
+  CHECK_THAT(with("methods", {"random", {{"set", nlohmann::json::object()}}}),
+             Catch::Contains("s.json: methods[1].method: missing"));
+  CHECK_THAT(with("methods", {"random", {{"method", "snl"}, {"sett", 1}}}),
+             Catch::Contains("s.json: methods[1].sett: unknown key"));
+  CHECK_THAT(with("methods", {"random", 7}), Catch::Contains("s.json: methods[1]: expected a method name"));
   CHECK_THAT(with("set", {{"train.epoch", 3}}),
              Catch::Contains("s.json: set: train.epoch: unknown key") && Catch::Contains("epochs"));
   CHECK_THAT(with("set", {{"trainer.epochs", 3}}), Catch::Contains("set: trainer.epochs: unknown key"));
@@ -292,6 +298,16 @@ TEST_CASE("a two-budget sweep writes the table and plot, skips finished runs and
   const SweepResult rs = run_sweep(sweep, os);
   CHECK(rs.skipped == 1);  // index 1 of 0..3
   CHECK(rs.other_shards == 3);
+  SweepOptions oo = os;
+  oo.shards = 1;
+  oo.shard = 1;
+  oo.only = {"random-1000", "autorep-5pct"};
+  const SweepResult ro = run_sweep(sweep, oo);
+  CHECK(ro.skipped == 2);
+  CHECK(ro.other_shards == 2);
+  oo.only = {"random-7pct"};
+  CHECK_THROWS_WITH(run_sweep(sweep, oo), Catch::Contains("--only random-7pct: no such run") &&
+                                              Catch::Contains("autorep-5pct, autorep-1000, random-5pct, random-1000"));
 
   // A run that fails (a malformed budget) is recorded and the sweep goes on; the others are skipped.
   const SweepConfig with_bad = sweep_config_from_json(tiny_sweep({"5%", "abc", 1000}), "tiny-sweep.json", "");
@@ -336,12 +352,12 @@ TEST_CASE("a two-budget sweep writes the table and plot, skips finished runs and
   fs::remove_all(out);
 }
 
-TEST_CASE("a budget's own settings reach its runs, and the skip check ignores what a method never reads",
+TEST_CASE("a method's and a budget's own settings reach their runs, and the skip check ignores what a method never reads",
           "[sweep]") {
   // Run folders written by hand (config.json + result.json): --collect trains nothing and reports
   // each folder as the sweep's skip check sees it.
   nlohmann::json j = tiny_sweep({"5%", {{"budget", 1000}, {"set", {{"search.finetune_optim", {{"lr", 1e-4}}}}}}});
-  j["methods"] = {"autorep", "snl"};
+  j["methods"] = {"autorep", "snl", {{"method", "uniform"}, {"set", {{"gate.dapa.sigma", "var"}}}}};
   j.erase("teacher");
   j["base_config"]["search"]["teacher"] = "/nonexistent/teacher.pt";
   const SweepConfig sweep = sweep_config_from_json(j, "s.json", "");
@@ -361,6 +377,8 @@ TEST_CASE("a budget's own settings reach its runs, and the skip check ignores wh
   write_run("autorep-1000", "autorep", 1000, {"search.finetune_optim.lr=1e-4"});
   write_run("snl-5pct", "snl", "5%", {"gate.dapa.sigma=var", "gate.degree=1"});  // never read by snl
   write_run("snl-1000", "snl", 1000, {});  // lacks the budget's finetune lr
+  write_run("uniform-5pct", "uniform", "5%", {"gate.dapa.sigma=var"});
+  write_run("uniform-1000", "uniform", 1000, {"search.finetune_optim.lr=1e-4"});  // lacks the method's setting
   SweepOptions o;
   o.out_dir = out.string();
   o.quiet = true;
@@ -374,6 +392,9 @@ TEST_CASE("a budget's own settings reach its runs, and the skip check ignores wh
   CHECK(by_name.at("snl-5pct").at("status") == "ok");
   CHECK(by_name.at("snl-1000").at("status") == "failed");
   CHECK_THAT(by_name.at("snl-1000").at("error"), Catch::Contains("/search/finetune_optim/lr"));
+  CHECK(by_name.at("uniform-5pct").at("status") == "ok");
+  CHECK(by_name.at("uniform-1000").at("status") == "failed");
+  CHECK_THAT(by_name.at("uniform-1000").at("error"), Catch::Contains("/gate/dapa/sigma"));
   // The same budget setting on an autorep folder with another polynomial degree does count.
   write_run("autorep-5pct", "autorep", "5%", {"gate.degree=1"});
   run_sweep(sweep, o);

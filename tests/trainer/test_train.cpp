@@ -115,3 +115,31 @@ TEST_CASE("checkpoints round-trip parameters, buffers and optimiser state", "[tr
   CHECK_THROWS_WITH(read_checkpoint_meta((dir / "missing.pt").string()), Catch::Contains("missing.pt"));
   fs::remove_all(dir);
 }
+
+TEST_CASE("result.json: the exported model's numbers for reductions, the best checkpoint's for baselines",
+          "[train]") {
+  RunResult r;
+  r.out_dir = "runs/x";
+  r.best_accuracy = 0.9;
+  r.final_accuracy = 0.89;
+  r.kept_relus = 1000;
+  r.total_relus = 18880;
+  r.seconds = 12.5;
+  r.completed = true;
+  Config c;
+  const nlohmann::json b = run_result_json(c, r);
+  CHECK(b.at("method") == "baseline");
+  CHECK(b.at("accuracy") == 0.9);
+  CHECK(b.at("checkpoint") == "checkpoints/best.pt");
+  c.method = "autorep";
+  c.search.budget = "5%";
+  r.summary = {{"path", "runs/x/export/mask.json"}, {"kept", 944}, {"accuracy", 0.88}};
+  const nlohmann::json a = run_result_json(c, r);
+  CHECK(a.at("method") == "autorep");
+  CHECK(a.at("budget") == "5%");
+  CHECK(a.at("relu_count") == 944);
+  CHECK(a.at("accuracy") == 0.88);
+  CHECK(a.at("best_accuracy") == 0.9);
+  CHECK(a.at("seconds") == 12.5);
+  CHECK(a.at("export_path") == "export/mask.json");
+}
