@@ -106,6 +106,24 @@ nlohmann::json parse_set(const nlohmann::json& v, const std::string& source, con
   return out;
 }
 
+// A `budgets` / `methods` entry: a plain value, or {"<field>": value, "set": {...}} whose `set`
+// applies to that entry's runs only. Returns the value; `entry_set` gets the parsed `set` (an
+// empty object when none) and `key` the path of the value, for messages.
+const nlohmann::json& entry_value(const nlohmann::json& entry, const std::string& field, const std::string& what,
+                                  const std::string& source, std::string& key, nlohmann::json& entry_set) {
+  entry_set = nlohmann::json::object();
+  if (!entry.is_object()) return entry;
+  for (auto it = entry.begin(); it != entry.end(); ++it) {
+    const std::string& k = it.key();
+    if (!k.empty() && k[0] == '_') continue;
+    if (k != field && k != "set") fail(source, key + "." + k, "unknown key (valid keys here: " + field + ", set)");
+  }
+  if (!entry.contains(field)) fail(source, key + "." + field, "missing: give " + what);
+  if (entry.contains("set")) entry_set = parse_set(entry["set"], source, key + ".set");
+  key += "." + field;
+  return entry[field];
+}
+
 fs::path resolve(const std::string& dir, const std::string& path) {
   fs::path p(path);
   if (p.is_relative() && !dir.empty()) p = fs::path(dir) / p;
@@ -428,20 +446,8 @@ SweepConfig sweep_config_from_json(const nlohmann::json& j, const std::string& s
   std::set<std::string> names;
   for (size_t i = 0; i < budgets.size(); ++i) {
     std::string key = "budgets[" + std::to_string(i) + "]";
-    nlohmann::json budget_set = nlohmann::json::object();
-    const nlohmann::json* entry = &budgets[i];
-    if (entry->is_object()) {  // {"budget": "1%", "set": {...}}: settings for this budget's runs only
-      for (auto it = entry->begin(); it != entry->end(); ++it) {
-        const std::string& k = it.key();
-        if (!k.empty() && k[0] == '_') continue;
-        if (k != "budget" && k != "set") fail(source, key + "." + k, "unknown key (valid keys in a budget: budget, set)");
-      }
-      if (!entry->contains("budget")) fail(source, key + ".budget", "missing: give the ReLU count or percentage");
-      if (entry->contains("set")) budget_set = parse_set((*entry)["set"], source, key + ".set");
-      entry = &(*entry)["budget"];
-      key += ".budget";
-    }
-    const auto& b = *entry;
+    nlohmann::json budget_set;
+    const auto& b = entry_value(budgets[i], "budget", "the ReLU count or percentage", source, key, budget_set);
     if (!(b.is_number_integer() || b.is_number_unsigned() || b.is_string()))
       fail(source, key,
            "expected a ReLU count (integer), a percentage string like \"3%\" or {\"budget\": ..., \"set\": {...}}, got " +
@@ -458,19 +464,8 @@ SweepConfig sweep_config_from_json(const nlohmann::json& j, const std::string& s
     if (!m.is_array() || m.empty()) fail(source, "methods", "expected a non-empty list of method names, got " + m.dump());
     for (size_t i = 0; i < m.size(); ++i) {
       std::string key = "methods[" + std::to_string(i) + "]";
-      nlohmann::json method_set = nlohmann::json::object();
-      const nlohmann::json* entry = &m[i];
-      if (entry->is_object()) {  // {"method": "uniform", "set": {...}}: settings for this method's runs only
-        for (auto it = entry->begin(); it != entry->end(); ++it) {
-          const std::string& k = it.key();
-          if (!k.empty() && k[0] == '_') continue;
-          if (k != "method" && k != "set") fail(source, key + "." + k, "unknown key (valid keys in a method: method, set)");
-        }
-        if (!entry->contains("method")) fail(source, key + ".method", "missing: give the method name");
-        if (entry->contains("set")) method_set = parse_set((*entry)["set"], source, key + ".set");
-        entry = &(*entry)["method"];
-        key += ".method";
-      }
+      nlohmann::json method_set;
+      const nlohmann::json* entry = &entry_value(m[i], "method", "the method name", source, key, method_set);
       if (!entry->is_string())
         fail(source, key, "expected a method name or {\"method\": ..., \"set\": {...}}, got " + entry->dump());
       const std::string name = *entry;
