@@ -402,3 +402,24 @@ TEST_CASE("a method's and a budget's own settings reach their runs, and the skip
     if (row.at("run_dir") == "autorep-5pct") CHECK(row.at("status") == "failed");
   fs::remove_all(out);
 }
+
+TEST_CASE("every shipped sweep file is valid and resolves every run's config", "[sweep][config]") {
+  int n = 0;
+  for (const auto& e : fs::directory_iterator(std::string(AUTOREP_SOURCE_DIR) + "/configs")) {
+    const std::string name = e.path().filename().string();
+    if (e.path().extension() != ".json" || name.rfind("sweep-", 0) != 0) continue;
+    INFO(e.path().string());
+    const SweepConfig s = load_sweep_config(e.path().string());
+    SweepOptions o;
+    o.out_dir = fresh_dir("sweep-shipped").string();
+    o.quiet = true;
+    o.collect = true;  // resolves and checks every run's config, trains nothing
+    o.plot = false;
+    const SweepResult r = run_sweep(s, o);
+    CHECK(r.planned == static_cast<int64_t>(s.methods.size() * s.budgets.size()));
+    CHECK(r.trained == 0);
+    fs::remove_all(o.out_dir);
+    ++n;
+  }
+  CHECK(n >= 2);
+}
