@@ -465,10 +465,10 @@ SweepConfig sweep_config_from_json(const nlohmann::json& j, const std::string& s
     for (size_t i = 0; i < m.size(); ++i) {
       std::string key = "methods[" + std::to_string(i) + "]";
       nlohmann::json method_set;
-      const nlohmann::json* entry = &entry_value(m[i], "method", "the method name", source, key, method_set);
-      if (!entry->is_string())
-        fail(source, key, "expected a method name or {\"method\": ..., \"set\": {...}}, got " + entry->dump());
-      const std::string name = *entry;
+      const auto& entry = entry_value(m[i], "method", "the method name", source, key, method_set);
+      if (!entry.is_string())
+        fail(source, key, "expected a method name or {\"method\": ..., \"set\": {...}}, got " + entry.dump());
+      const std::string name = entry;
       if (std::find(kReductionMethods.begin(), kReductionMethods.end(), name) == kReductionMethods.end())
         fail(source, key, "expected one of " + join(kReductionMethods) + ", got \"" + name + "\"");
       if (std::find(s.methods.begin(), s.methods.end(), name) != s.methods.end())
@@ -727,8 +727,7 @@ SweepResult run_sweep(const SweepConfig& sweep, const SweepOptions& options) {
       ro.quiet = options.quiet || options.quiet_runs;
       const RunResult r = run_training(p.config, ro);
       if (!r.completed) throw std::runtime_error("the run stopped before its last epoch");
-      const nlohmann::json rj = run_result_json(p.config, r);
-      write_run_result(p.config, r);
+      const nlohmann::json rj = write_run_result(p.config, r);
       const double accuracy = rj.at("accuracy").get<double>();
       const int64_t relus = rj.at("relu_count").get<int64_t>();
       ++result.trained;

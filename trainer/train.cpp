@@ -650,9 +650,10 @@ nlohmann::json run_result_json(const Config& config, const RunResult& r) {
           {"export_path", export_path}};
 }
 
-void write_run_result(const Config& config, const RunResult& r) {
-  if (!dist::is_primary()) return;
-  write_file_atomic((fs::path(r.out_dir) / "result.json").string(), run_result_json(config, r).dump(2) + "\n");
+nlohmann::json write_run_result(const Config& config, const RunResult& r) {
+  nlohmann::json j = run_result_json(config, r);
+  if (dist::is_primary()) write_file_atomic((fs::path(r.out_dir) / "result.json").string(), j.dump(2) + "\n");
+  return j;
 }
 
 }  // namespace autorep::trainer

@@ -45,8 +45,9 @@ RunResult run_training(const Config& config, const RunOptions& options);
 /// export_path. Baselines: method, accuracy (best), final_accuracy, relu_count, total_relus,
 /// seconds, checkpoint.
 nlohmann::json run_result_json(const Config& config, const RunResult& result);
-/// Writes run_result_json() to `<result.out_dir>/result.json` atomically (rank 0 only).
-void write_run_result(const Config& config, const RunResult& result);
+/// Writes run_result_json() to `<result.out_dir>/result.json` atomically (rank 0 only) and
+/// returns it.
+nlohmann::json write_run_result(const Config& config, const RunResult& result);
 
 /// Sets LibTorch's intra-op threads: `threads`, or all cores when 0. Returns the count used.
 int64_t configure_threads(int64_t threads);
