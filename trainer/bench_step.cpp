@@ -39,6 +39,7 @@ int run_step_bench(const StepBenchOptions& o, std::ostream& out) {
   Net student = build_model(spec, layers::gate_factory(gate_options(defaults.gate)));
   for (auto* m : {&baseline, &teacher, &student}) (*m)->to(device);
   teacher->eval();
+  teacher = kd_teacher(teacher, o.teacher_dtype, device);
   baseline->train();
   student->train();
 
@@ -66,11 +67,7 @@ int run_step_bench(const StepBenchOptions& o, std::ostream& out) {
   auto search_step = [&] {
     auto logits = student->forward(x);
     layers::reset_optimizer_state(adam, layers::refitted_coefficients(*student));
-    torch::Tensor t;
-    {
-      torch::NoGradGuard ng;
-      t = teacher->forward(x);
-    }
+    const torch::Tensor t = teacher_logits(*teacher, x);
     auto loss = torch::nn::functional::cross_entropy(logits, y) + search::kd_loss(logits, t, 4.0) +
                 search::budget_penalty(search::relu_density(gates), rho_target, 120.0);
     adam.zero_grad();
@@ -93,7 +90,7 @@ int run_step_bench(const StepBenchOptions& o, std::ostream& out) {
   }
   const double b = median(tb), s = median(ts);
   out << "bench step: " << o.model << " input " << o.input[0] << "x" << o.input[1] << "x" << o.input[2] << " batch "
-      << o.batch << " on " << device.str() << ", " << torch::get_num_threads() << " threads, median of " << o.iters
+      << o.batch << " on " << device.str() << ", " << torch::get_num_threads() << " threads, teacher " << o.teacher_dtype << ", median of " << o.iters
       << "\n";
   out << std::fixed << std::setprecision(1) << "  baseline step (fwd+bwd+SGD):                       " << b << " ms\n"
       << "  search step (gated fwd+bwd, teacher fwd, KD, penalty, Adam, hysteresis): " << s << " ms\n";

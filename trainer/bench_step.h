@@ -15,6 +15,7 @@ struct StepBenchOptions {
   int64_t batch = 128;
   int64_t classes = 10;
   std::string device = "cpu";
+  std::string teacher_dtype = "float32";  ///< the search step's teacher forward (search.kd.teacher_dtype)
   int iters = 10;   ///< timed iterations of each step (median reported)
   int warmup = 3;
 };

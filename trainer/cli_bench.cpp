@@ -65,6 +65,7 @@ void add_bench_commands(CLI::App& app, Commands& out) {
     std::string model = "resnet20", input = "1x28x28", device = "cpu";
     int64_t batch = 128, threads = 0;
     int iters = 10;
+    std::string teacher_dtype = "float32";
   };
   auto sa = std::make_shared<StepArgs>();
   auto* step = bench->add_subcommand("step", "Baseline training step vs search step on the same model and batch");
@@ -73,6 +74,9 @@ void add_bench_commands(CLI::App& app, Commands& out) {
   step->add_option("--batch", sa->batch, "Batch size (default 128)")->check(CLI::PositiveNumber);
   step->add_option("--device", sa->device, "cpu | cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   step->add_option("--threads", sa->threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  step->add_option("--teacher-dtype", sa->teacher_dtype,
+                   "Precision of the search step's teacher forward (search.kd.teacher_dtype; default float32)")
+      ->check(CLI::IsMember({"float32", "bfloat16"}));
   step->add_option("--iters", sa->iters, "Timed iterations per step kind (default 10)")->check(CLI::PositiveNumber);
   out.push_back({step, [sa] {
                    configure_threads(sa->threads);
@@ -82,6 +86,7 @@ void add_bench_commands(CLI::App& app, Commands& out) {
                    o.batch = sa->batch;
                    o.device = sa->device;
                    o.iters = sa->iters;
+                   o.teacher_dtype = sa->teacher_dtype;
                    return run_step_bench(o, std::cout);
                  }});
 }

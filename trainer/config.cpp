@@ -19,7 +19,7 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(DapaConfig, enabled, sigma, var_
                                                 refit_every, refit_until)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(GateConfig, granularity, degree, scale1, scale2, threshold,
                                                 dapa)
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(KdConfig, temperature, weight)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(KdConfig, temperature, weight, teacher_dtype)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(SearchOptions, budget, teacher, search_epochs, lambda,
                                                 lambda_mode, lambda_growth, lambda_decay, lambda_min,
                                                 lambda_max, aux_lr, search_optim, finetune_optim, kd,
@@ -129,6 +129,7 @@ void validate(const Config& c, const std::string& source) {
   if (c.train.label_smoothing < 0 || c.train.label_smoothing >= 1)
     fail(source, "train.label_smoothing", "must be in [0, 1)");
   if (c.search.kd.temperature <= 0) fail(source, "search.kd.temperature", "must be positive");
+  check_one_of(source, "search.kd.teacher_dtype", c.search.kd.teacher_dtype, {"float32", "bfloat16"});
   if (c.method != "baseline" && c.search.search_epochs > c.train.epochs)
     fail(source, "search.search_epochs", "must not exceed train.epochs (" + std::to_string(c.train.epochs) + ")");
 }

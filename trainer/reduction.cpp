@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include <filesystem>
+#include <fstream>
 #include <iomanip>
 #include <sstream>
 
@@ -91,6 +92,40 @@ void init_from_teacher(NetImpl& student, NetImpl& teacher) {
   }
 }
 
+}  // namespace
+
+Net kd_teacher(const Net& teacher, const std::string& dtype, const torch::Device& device) {
+  if (dtype == "float32") return teacher;
+  TORCH_CHECK(dtype == "bfloat16", "kd_teacher: unknown dtype ", dtype);
+  Net copy = build_model(teacher->spec(), layers::relu_factory());
+  init_from_teacher(*copy, *teacher);
+  copy->to(device, torch::kBFloat16);
+  copy->eval();
+  return copy;
+}
+
+torch::Tensor teacher_logits(NetImpl& teacher, const torch::Tensor& x) {
+  torch::NoGradGuard no_grad;
+  const auto dtype = teacher.parameters().front().scalar_type();
+  return teacher.forward(x.to(dtype)).to(torch::kFloat);
+}
+
+bool cpu_has_native_bf16() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("flags", 0) != 0) continue;
+    std::istringstream words(line);
+    std::string w;
+    while (words >> w)
+      if (w == "avx512_bf16" || w == "amx_bf16") return true;
+    return false;
+  }
+  return false;
+}
+
+namespace {
+
 class ReductionMethod : public Method {
  public:
   explicit ReductionMethod(const Config& config) : config_(config) {}
@@ -109,13 +144,18 @@ class ReductionMethod : public Method {
     if (!resuming) init_from_teacher(*ctx.model, *teacher_);
     teacher_->to(ctx.device);
     teacher_->eval();
+    const std::string& dtype = config_.search.kd.teacher_dtype;
+    kd_teacher_ = kd_teacher(teacher_, dtype, ctx.device);
+    if (dtype == "bfloat16" && ctx.device.is_cpu() && !cpu_has_native_bf16())
+      ctx.log("note: search.kd.teacher_dtype bfloat16 on a CPU without native bfloat16: the teacher forward is "
+              "emulated and slower than float32");
     gates_ = layers::gates(*ctx.model);
     TORCH_INTERNAL_ASSERT(gates_.size() == ctx.model->sites().size());
     total_ = search::total_gate_relus(gates_);
     budget_ = search::resolve_budget(config_.search.budget, total_);
     ctx.log("budget: " + std::to_string(budget_) + " of " + std::to_string(total_) + " ReLUs (" +
             config_.search.budget.dump() + "), granularity " + config_.gate.granularity + ", teacher " +
-            config_.search.teacher);
+            config_.search.teacher + " (KD targets in " + config_.search.kd.teacher_dtype + ")");
   }
 
   std::vector<ParamGroup> param_groups(TrainContext& ctx, const Phase& phase) override {
@@ -136,12 +176,7 @@ class ReductionMethod : public Method {
     layers::reset_optimizer_state(*ctx.optimizer, layers::refitted_coefficients(*ctx.model));
     LossOutput out;
     auto ce = classification_loss(config_, logits, y);
-    torch::Tensor teacher_logits;
-    {
-      torch::NoGradGuard no_grad;
-      teacher_logits = teacher_->forward(x);
-    }
-    auto kd = search::kd_loss(logits, teacher_logits, config_.search.kd.temperature);
+    auto kd = search::kd_loss(logits, teacher_logits(*kd_teacher_, x), config_.search.kd.temperature);
     out.loss = ce + config_.search.kd.weight * kd;
     out.parts = {{"ce", ce.item<double>()}, {"kd", kd.item<double>()}};
     add_penalty(ctx, out);
@@ -183,6 +218,7 @@ class ReductionMethod : public Method {
 
   Config config_;
   Net teacher_;
+  Net kd_teacher_;  ///< teacher_, or its bfloat16 copy (search.kd.teacher_dtype)
   search::GateList gates_;
   int64_t total_ = 0;
   int64_t budget_ = 0;

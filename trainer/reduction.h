@@ -23,4 +23,15 @@ std::vector<torch::Tensor> weight_parameters(NetImpl& model);
 /// Throws naming search.teacher for a missing, unreadable or incompatible checkpoint.
 Net load_teacher(const Config& config, const ModelSpec& student);
 
+/// The network that computes the KD targets (search.kd.teacher_dtype): `teacher` itself for
+/// "float32", an eval-mode bfloat16 copy of it on `device` for "bfloat16".
+Net kd_teacher(const Net& teacher, const std::string& dtype, const torch::Device& device);
+
+/// The teacher's logits for `x` as float32, without autograd (`x` is cast to the teacher's dtype).
+torch::Tensor teacher_logits(NetImpl& teacher, const torch::Tensor& x);
+
+/// True when this CPU computes bfloat16 natively (AVX512-BF16 or AMX), so a bfloat16 teacher is
+/// faster than a float32 one; without it the bfloat16 forward is emulated and slower.
+bool cpu_has_native_bf16();
+
 }  // namespace autorep::trainer

@@ -28,6 +28,9 @@ TEST_CASE("unknown keys and wrong types name the key path", "[config]") {
                     Catch::Contains("gate.granularity"));
   CHECK_THROWS_WITH(config_from_json(json{{"search", {{"budget", true}}}}), Catch::Contains("search.budget"));
   CHECK_THROWS_WITH(config_from_json(json{{"train", {{"epochs", 0}}}}), Catch::Contains("train.epochs"));
+  CHECK_THROWS_WITH(config_from_json(json{{"search", {{"kd", {{"teacher_dtype", "half"}}}}}}),
+                    Catch::Contains("search.kd.teacher_dtype: expected one of"));
+  CHECK_NOTHROW(config_from_json(json{{"search", {{"kd", {{"teacher_dtype", "bfloat16"}}}}}}));
 }
 
 TEST_CASE("set overrides (--set) change any key, parsing JSON values and falling back to strings", "[config]") {

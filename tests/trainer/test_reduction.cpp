@@ -1,6 +1,7 @@
 #include "tests/torch_catch.h"
 #include "tests/trainer/test_util.h"
 
+#include <cmath>
 #include <filesystem>
 
 #include "layers/gate.h"
@@ -121,6 +122,45 @@ TEST_CASE("an autorep run interrupted in search and in finetune ends with the sa
   for (size_t i = 0; i < ma.size(); ++i) CHECK(torch::equal(ma[i], mb[i]));
   fs::remove_all(a);
   fs::remove_all(b);
+}
+
+TEST_CASE("a bfloat16 KD teacher gives the float32 teacher's logits to bf16 precision", "[reduction][kd]") {
+  torch::manual_seed(3);
+  const ModelSpec spec{"resnet20", {1, 28, 28}, 10, true};
+  Net t = build_model(spec, layers::relu_factory());
+  // Batch statistics of a few forwards in train mode, so eval-mode BatchNorm is not the identity.
+  for (int i = 0; i < 3; ++i) t->forward(torch::randn({32, 1, 28, 28}));
+  t->eval();
+  const torch::Device cpu(torch::kCPU);
+  CHECK(kd_teacher(t, "float32", cpu).get() == t.get());
+  Net b = kd_teacher(t, "bfloat16", cpu);
+  REQUIRE(b.get() != t.get());
+  CHECK(b->parameters().front().scalar_type() == torch::kBFloat16);
+  CHECK(t->parameters().front().scalar_type() == torch::kFloat);  // the float32 teacher is untouched
+  const auto x = torch::randn({16, 1, 28, 28});
+  const auto exact = teacher_logits(*t, x), approx = teacher_logits(*b, x);
+  CHECK(approx.scalar_type() == torch::kFloat);
+  CHECK_FALSE(approx.requires_grad());
+  const double scale = exact.abs().max().item<double>();
+  REQUIRE(scale > 0);
+  // bfloat16 keeps 8 significant bits: errors of a few percent of the logit range, not more.
+  CHECK((approx - exact).abs().max().item<double>() < 0.05 * scale + 1e-3);
+  CHECK_FALSE(torch::equal(approx, exact));  // it really ran in bfloat16
+  CHECK_THROWS(kd_teacher(t, "float16", cpu));
+}
+
+TEST_CASE("an autorep run with a bfloat16 KD teacher reaches the exact budget", "[reduction][kd]") {
+  if (!have_data()) return;
+  Config c = tiny("autorep");
+  c.train.epochs = 2;
+  c.search.search_epochs = 1;
+  c.search.kd.teacher_dtype = "bfloat16";
+  const auto out = dir("bf16");
+  const RunResult r = run(c, out);
+  REQUIRE(r.completed);
+  CHECK(r.kept_relus == 944);
+  CHECK(std::isfinite(r.best_accuracy));
+  fs::remove_all(out);
 }
 
 TEST_CASE("missing or incompatible teachers are clear errors", "[reduction][config]") {
