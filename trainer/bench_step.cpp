@@ -90,8 +90,8 @@ int run_step_bench(const StepBenchOptions& o, std::ostream& out) {
   }
   const double b = median(tb), s = median(ts);
   out << "bench step: " << o.model << " input " << o.input[0] << "x" << o.input[1] << "x" << o.input[2] << " batch "
-      << o.batch << " on " << device.str() << ", " << torch::get_num_threads() << " threads, teacher " << o.teacher_dtype << ", median of " << o.iters
-      << "\n";
+      << o.batch << " on " << device.str() << ", " << torch::get_num_threads() << " threads, teacher "
+      << o.teacher_dtype << ", median of " << o.iters << "\n";
   out << std::fixed << std::setprecision(1) << "  baseline step (fwd+bwd+SGD):                       " << b << " ms\n"
       << "  search step (gated fwd+bwd, teacher fwd, KD, penalty, Adam, hysteresis): " << s << " ms\n";
   out << std::setprecision(3) << "search_over_baseline=" << s / b << "\n";

@@ -3,7 +3,6 @@
 #include <torch/torch.h>
 
 #include <filesystem>
-#include <fstream>
 #include <iomanip>
 #include <sstream>
 
@@ -111,17 +110,13 @@ torch::Tensor teacher_logits(NetImpl& teacher, const torch::Tensor& x) {
 }
 
 bool cpu_has_native_bf16() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("flags", 0) != 0) continue;
-    std::istringstream words(line);
-    std::string w;
-    while (words >> w)
-      if (w == "avx512_bf16" || w == "amx_bf16") return true;
-    return false;
-  }
+#if defined(__x86_64__) || defined(__i386__)
+  // Every CPU with AMX-BF16 also has AVX512-BF16.
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512bf16") != 0;
+#else
   return false;
+#endif
 }
 
 namespace {

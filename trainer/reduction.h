@@ -30,7 +30,7 @@ Net kd_teacher(const Net& teacher, const std::string& dtype, const torch::Device
 /// The teacher's logits for `x` as float32, without autograd (`x` is cast to the teacher's dtype).
 torch::Tensor teacher_logits(NetImpl& teacher, const torch::Tensor& x);
 
-/// True when this CPU computes bfloat16 natively (AVX512-BF16 or AMX), so a bfloat16 teacher is
+/// True when this CPU computes bfloat16 natively (AVX512-BF16; AMX CPUs have it too), so a bfloat16 teacher is
 /// faster than a float32 one; without it the bfloat16 forward is emulated and slower.
 bool cpu_has_native_bf16();
 
