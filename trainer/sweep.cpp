@@ -413,7 +413,7 @@ void parse_shard(const std::string& text, int64_t* shard, int64_t* shards) {
 
 SweepConfig sweep_config_from_json(const nlohmann::json& j, const std::string& source, const std::string& dir) {
   if (!j.is_object()) throw std::runtime_error(source + ": expected a JSON object at the top level");
-  const std::vector<std::string> valid = {"base", "base_config", "budgets", "methods", "set", "teacher", "out"};
+  const std::vector<std::string> valid = {"base", "base_config", "budgets", "methods", "set", "runs", "teacher", "out"};
   for (auto it = j.begin(); it != j.end(); ++it) {
     const std::string& k = it.key();
     if (!k.empty() && k[0] == '_') continue;
@@ -486,6 +486,26 @@ SweepConfig sweep_config_from_json(const nlohmann::json& j, const std::string& s
   }
 
   if (j.contains("set")) s.set = parse_set(j["set"], source, "set");
+
+  if (j.contains("runs")) {
+    const auto& r = j["runs"];
+    if (!r.is_object())
+      fail(source, "runs", "expected {\"<method>-<budget>\": {\"set\": {...}}, ...}, got " + r.dump());
+    std::vector<std::string> planned;
+    for (const auto& m : s.methods)
+      for (const auto& b : s.budgets) planned.push_back(sweep_run_name(m, b));
+    for (auto it = r.begin(); it != r.end(); ++it) {
+      const std::string key = "runs." + it.key();
+      if (std::find(planned.begin(), planned.end(), it.key()) == planned.end())
+        fail(source, key, "not a run of this sweep (its runs: " + join(planned) + ")");
+      if (!it.value().is_object()) fail(source, key, "expected {\"set\": {...}}, got " + it.value().dump());
+      for (auto kv = it.value().begin(); kv != it.value().end(); ++kv)
+        if (kv.key() != "set" && (kv.key().empty() || kv.key()[0] != '_'))
+          fail(source, key + "." + kv.key(), "unknown key (valid keys here: set)");
+      if (!it.value().contains("set")) fail(source, key + ".set", "missing");
+      s.run_sets[it.key()] = parse_set(it.value()["set"], source, key + ".set");
+    }
+  }
 
   if (j.contains("teacher")) {
     const auto& t = j["teacher"];
@@ -594,6 +614,7 @@ SweepResult run_sweep(const SweepConfig& sweep, const SweepOptions& options) {
       apply_sets(user, sweep.set);
       if (m < sweep.method_sets.size()) apply_sets(user, sweep.method_sets[m]);
       if (b < sweep.budget_sets.size()) apply_sets(user, sweep.budget_sets[b]);
+      if (const auto r = sweep.run_sets.find(p.name); r != sweep.run_sets.end()) apply_sets(user, r->second);
       apply_cli_overrides(user, options.overrides, "--set");
       user["method"] = method;
       user["search"]["budget"] = budget;

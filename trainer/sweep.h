@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -29,6 +30,9 @@ struct SweepConfig {
   /// after `set`, before the budget's.
   std::vector<nlohmann::json> method_sets;
   nlohmann::json set = nlohmann::json::object();  ///< {"a.b": value} applied to every run
+  /// `runs`: run folder name ("autorep-10pct") -> {"a.b": value} applied to that one run, last
+  /// (after the budget's set).
+  std::map<std::string, nlohmann::json> run_sets;
   std::string teacher_checkpoint;      ///< `teacher` as a path: an existing baseline checkpoint
   nlohmann::json teacher_base;         ///< `teacher.config`: user JSON of the shared teacher (null: none)
   std::string teacher_source;

@@ -129,6 +129,21 @@ TEST_CASE("sweep config errors name the key", "[sweep][config]") {
     CHECK(per_budget.budget_sets[0].empty());
     CHECK(per_budget.budget_sets[1]["search.finetune_optim"]["lr"] == 1e-4);
   }
+  {
+    nlohmann::json j = ok;
+    j["runs"] = {{"random-5pct", {{"set", {{"search.finetune_optim.lr", 1e-4}}}}}};
+    const SweepConfig per_run = sweep_config_from_json(j, "s.json", "");
+    REQUIRE(per_run.run_sets.size() == 1);
+    CHECK(per_run.run_sets.at("random-5pct")["search.finetune_optim.lr"] == 1e-4);
+  }
+  CHECK_THAT(with("runs", {{"autorep-7pct", {{"set", nlohmann::json::object()}}}}),
+             Catch::Contains("s.json: runs.autorep-7pct: not a run of this sweep") && Catch::Contains("random-1000"));
+  CHECK_THAT(with("runs", {{"autorep-5pct", {{"sett", 1}}}}), Catch::Contains("runs.autorep-5pct.sett: unknown key"));
+  CHECK_THAT(with("runs", {{"autorep-5pct", nlohmann::json::object()}}),
+             Catch::Contains("runs.autorep-5pct.set: missing"));
+  CHECK_THAT(with("runs", {{"autorep-5pct", {{"set", {{"train.epoch", 3}}}}}}),
+             Catch::Contains("s.json: runs.autorep-5pct.set: train.epoch: unknown key"));
+  CHECK_THAT(with("runs", {"autorep-5pct"}), Catch::Contains("s.json: runs: expected"));
   CHECK_THAT(with("budgets", {"3%", "3%"}), Catch::Contains("budgets[1]: duplicate"));
   CHECK_THAT(with("budgets", {-5}), Catch::Contains("budgets[0]: must not be negative"));
   CHECK_THAT(with("methods", {"autorep", "bogus"}), Catch::Contains("s.json: methods[1]:") && Catch::Contains("bogus"));
@@ -352,12 +367,14 @@ TEST_CASE("a two-budget sweep writes the table and plot, skips finished runs and
   fs::remove_all(out);
 }
 
-TEST_CASE("a method's and a budget's own settings reach their runs, and the skip check ignores what a method never reads",
+TEST_CASE("a method's, a budget's and a run's own settings reach their runs, and the skip check ignores what a method "
+          "never reads",
           "[sweep]") {
   // Run folders written by hand (config.json + result.json): --collect trains nothing and reports
   // each folder as the sweep's skip check sees it.
   nlohmann::json j = tiny_sweep({"5%", {{"budget", 1000}, {"set", {{"search.finetune_optim", {{"lr", 1e-4}}}}}}});
   j["methods"] = {"autorep", "snl", {{"method", "uniform"}, {"set", {{"gate.dapa.sigma", "var"}}}}};
+  j["runs"] = {{"autorep-1000", {{"set", {{"search.aux_lr", 0.002}}}}}};
   j.erase("teacher");
   j["base_config"]["search"]["teacher"] = "/nonexistent/teacher.pt";
   const SweepConfig sweep = sweep_config_from_json(j, "s.json", "");
@@ -374,7 +391,7 @@ TEST_CASE("a method's and a budget's own settings reach their runs, and the skip
         << nlohmann::json{{"relu_count", 900}, {"total_relus", 18880}, {"accuracy", 0.5}, {"seconds", 1.0}}.dump();
   };
   write_run("autorep-5pct", "autorep", "5%", {});
-  write_run("autorep-1000", "autorep", 1000, {"search.finetune_optim.lr=1e-4"});
+  write_run("autorep-1000", "autorep", 1000, {"search.finetune_optim.lr=1e-4", "search.aux_lr=0.002"});
   write_run("snl-5pct", "snl", "5%", {"gate.dapa.sigma=var", "gate.degree=1"});  // never read by snl
   write_run("snl-1000", "snl", 1000, {});  // lacks the budget's finetune lr
   write_run("uniform-5pct", "uniform", "5%", {"gate.dapa.sigma=var"});
@@ -395,11 +412,16 @@ TEST_CASE("a method's and a budget's own settings reach their runs, and the skip
   CHECK(by_name.at("uniform-5pct").at("status") == "ok");
   CHECK(by_name.at("uniform-1000").at("status") == "failed");
   CHECK_THAT(by_name.at("uniform-1000").at("error"), Catch::Contains("/gate/dapa/sigma"));
-  // The same budget setting on an autorep folder with another polynomial degree does count.
+  // The same budget setting on an autorep folder with another polynomial degree does count, and
+  // so does a folder that lacks its run's own setting.
   write_run("autorep-5pct", "autorep", "5%", {"gate.degree=1"});
+  write_run("autorep-1000", "autorep", 1000, {"search.finetune_optim.lr=1e-4"});
   run_sweep(sweep, o);
-  for (const auto& row : read_csv(out / "sweep.csv"))
-    if (row.at("run_dir") == "autorep-5pct") CHECK(row.at("status") == "failed");
+  by_name.clear();
+  for (const auto& row : read_csv(out / "sweep.csv")) by_name[row.at("run_dir")] = row;
+  CHECK(by_name.at("autorep-5pct").at("status") == "failed");
+  CHECK(by_name.at("autorep-1000").at("status") == "failed");
+  CHECK_THAT(by_name.at("autorep-1000").at("error"), Catch::Contains("/search/aux_lr"));
   fs::remove_all(out);
 }
 
