@@ -36,6 +36,18 @@ std::string join(const std::vector<std::string>& v) {
   return s;
 }
 
+// Fails on the first key of `obj` that is not in `valid` (keys starting with `_` are comments),
+// naming it as <prefix><key> and listing the valid keys after `label` ("valid keys here" ...).
+void check_keys(const nlohmann::json& obj, const std::vector<std::string>& valid, const std::string& source,
+                const std::string& prefix, const std::string& label) {
+  for (auto it = obj.begin(); it != obj.end(); ++it) {
+    const std::string& k = it.key();
+    if (!k.empty() && k[0] == '_') continue;
+    if (std::find(valid.begin(), valid.end(), k) == valid.end())
+      fail(source, prefix + k, "unknown key (" + label + ": " + join(valid) + ")");
+  }
+}
+
 std::string keys_of(const nlohmann::json& obj) {
   std::vector<std::string> k;
   for (auto it = obj.begin(); it != obj.end(); ++it) k.push_back(it.key());
@@ -113,11 +125,7 @@ const nlohmann::json& entry_value(const nlohmann::json& entry, const std::string
                                   const std::string& source, std::string& key, nlohmann::json& entry_set) {
   entry_set = nlohmann::json::object();
   if (!entry.is_object()) return entry;
-  for (auto it = entry.begin(); it != entry.end(); ++it) {
-    const std::string& k = it.key();
-    if (!k.empty() && k[0] == '_') continue;
-    if (k != field && k != "set") fail(source, key + "." + k, "unknown key (valid keys here: " + field + ", set)");
-  }
+  check_keys(entry, {field, "set"}, source, key + ".", "valid keys here");
   if (!entry.contains(field)) fail(source, key + "." + field, "missing: give " + what);
   if (entry.contains("set")) entry_set = parse_set(entry["set"], source, key + ".set");
   key += "." + field;
@@ -414,12 +422,7 @@ void parse_shard(const std::string& text, int64_t* shard, int64_t* shards) {
 SweepConfig sweep_config_from_json(const nlohmann::json& j, const std::string& source, const std::string& dir) {
   if (!j.is_object()) throw std::runtime_error(source + ": expected a JSON object at the top level");
   const std::vector<std::string> valid = {"base", "base_config", "budgets", "methods", "set", "runs", "teacher", "out"};
-  for (auto it = j.begin(); it != j.end(); ++it) {
-    const std::string& k = it.key();
-    if (!k.empty() && k[0] == '_') continue;
-    if (std::find(valid.begin(), valid.end(), k) == valid.end())
-      fail(source, k, "unknown key (valid keys: " + join(valid) + ")");
-  }
+  check_keys(j, valid, source, "", "valid keys");
   SweepConfig s;
   s.source = source;
 
@@ -499,9 +502,7 @@ SweepConfig sweep_config_from_json(const nlohmann::json& j, const std::string& s
       if (std::find(planned.begin(), planned.end(), it.key()) == planned.end())
         fail(source, key, "not a run of this sweep (its runs: " + join(planned) + ")");
       if (!it.value().is_object()) fail(source, key, "expected {\"set\": {...}}, got " + it.value().dump());
-      for (auto kv = it.value().begin(); kv != it.value().end(); ++kv)
-        if (kv.key() != "set" && (kv.key().empty() || kv.key()[0] != '_'))
-          fail(source, key + "." + kv.key(), "unknown key (valid keys here: set)");
+      check_keys(it.value(), {"set"}, source, key + ".", "valid keys here");
       if (!it.value().contains("set")) fail(source, key + ".set", "missing");
       s.run_sets[it.key()] = parse_set(it.value()["set"], source, key + ".set");
     }
@@ -512,11 +513,7 @@ SweepConfig sweep_config_from_json(const nlohmann::json& j, const std::string& s
     if (t.is_string()) {
       s.teacher_checkpoint = fs::absolute(resolve(dir, t.get<std::string>())).lexically_normal().string();
     } else if (t.is_object()) {
-      for (auto it = t.begin(); it != t.end(); ++it) {
-        const std::string& k = it.key();
-        if (!k.empty() && k[0] == '_') continue;
-        if (k != "config" && k != "set") fail(source, "teacher." + k, "unknown key (valid keys in teacher: config, set)");
-      }
+      check_keys(t, {"config", "set"}, source, "teacher.", "valid keys in teacher");
       if (!t.contains("config"))
         fail(source, "teacher.config", "missing: give the baseline config the sweep trains its teacher with");
       const auto& c = t["config"];
