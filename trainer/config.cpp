@@ -25,7 +25,7 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(SearchOptions, budget, teacher, 
                                                 lambda_max, aux_lr, search_optim, finetune_optim, kd,
                                                 snl_l1, snl_growth)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(TrainOptions, epochs, seed, label_smoothing, threads, device,
-                                                checkpoint_interval_s, log_every, eval_every)
+                                                checkpoint_interval_s, log_every, eval_every, skip_spikes)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(Config, method, data, model, gate, search, optim, train)
 
 namespace {
@@ -128,6 +128,8 @@ void validate(const Config& c, const std::string& source) {
   if (c.train.threads < 0) fail(source, "train.threads", "must be >= 0");
   if (c.train.label_smoothing < 0 || c.train.label_smoothing >= 1)
     fail(source, "train.label_smoothing", "must be in [0, 1)");
+  if (c.train.skip_spikes != 0 && !(c.train.skip_spikes > 1))
+    fail(source, "train.skip_spikes", "must be 0 (off) or a factor > 1");
   if (c.search.kd.temperature <= 0) fail(source, "search.kd.temperature", "must be positive");
   check_one_of(source, "search.kd.teacher_dtype", c.search.kd.teacher_dtype, {"float32", "bfloat16"});
   if (c.method != "baseline" && c.search.search_epochs > c.train.epochs)

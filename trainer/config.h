@@ -94,6 +94,7 @@ struct TrainOptions {
   double checkpoint_interval_s = 60.0;  ///< also checkpoint mid-epoch this often (0: epoch ends only)
   int64_t log_every = 50;               ///< plain progress line every N steps when not on a terminal
   int64_t eval_every = 1;               ///< evaluate every N epochs (and always after the last)
+  double skip_spikes = 0.0;             ///< skip a step whose loss exceeds this x the running mean (0: never)
 };
 
 /// The whole resolved configuration of a run.

@@ -53,10 +53,11 @@ struct TrainContext {
   std::function<void(const std::string&)> log;
 };
 
-/// Loss of one batch, with its named parts for the metrics.
+/// Loss of one batch, with its named parts (scalar tensors, each already weighted as it enters
+/// `loss`): the trainer averages them over the epoch into the metrics' `loss_parts`.
 struct LossOutput {
   torch::Tensor loss;
-  std::vector<std::pair<std::string, double>> parts;
+  std::vector<std::pair<std::string, torch::Tensor>> parts;
 };
 
 class Method {

@@ -173,7 +173,7 @@ class ReductionMethod : public Method {
     auto ce = classification_loss(config_, logits, y);
     auto kd = search::kd_loss(logits, teacher_logits(*kd_teacher_, x), config_.search.kd.temperature);
     out.loss = ce + config_.search.kd.weight * kd;
-    out.parts = {{"ce", ce.item<double>()}, {"kd", kd.item<double>()}};
+    out.parts = {{"ce", ce.detach()}, {"kd", (config_.search.kd.weight * kd).detach()}};
     add_penalty(ctx, out);
     return out;
   }
@@ -268,8 +268,7 @@ class AutorepMethod : public ReductionMethod {
     last_rho_ = rho.item<double>();
     auto penalty = search::budget_penalty(rho, rho_target(), lambda_.value());
     out.loss = out.loss + penalty;
-    out.parts.emplace_back("penalty", penalty.item<double>());
-    out.parts.emplace_back("rho", last_rho_);
+    out.parts.emplace_back("penalty", penalty.detach());
   }
 
  private:
@@ -393,8 +392,9 @@ class SnlMethod : public ReductionMethod {
   void add_penalty(TrainContext&, LossOutput& out) override {
     if (masks_final_) return;
     auto l1 = search::snl_l1(gates_);
-    out.loss = out.loss + l1_weight_ * l1;
-    out.parts.emplace_back("l1", l1.item<double>());
+    auto weighted = l1_weight_ * l1;
+    out.loss = out.loss + weighted;
+    out.parts.emplace_back("l1", weighted.detach());
   }
 
  private:

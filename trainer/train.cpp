@@ -17,6 +17,7 @@
 #include "trainer/checkpoint.h"
 #include "trainer/distributed.h"
 #include "trainer/method.h"
+#include "trainer/spike_guard.h"
 
 namespace autorep::trainer {
 
@@ -287,6 +288,19 @@ const Phase& phase_of(const std::vector<Phase>& phases, int64_t epoch, size_t* i
   TORCH_INTERNAL_ASSERT(false, "epoch ", epoch, " belongs to no phase");
 }
 
+std::string format_number(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.4g", v);
+  return buf;
+}
+
+// Each loss part's mean per sample over the epoch, from its sums.
+nlohmann::json epoch_means(const nlohmann::json& sums, int64_t seen) {
+  nlohmann::json means = nlohmann::json::object();
+  for (const auto& [name, sum] : sums.items()) means[name] = sum.get<double>() / static_cast<double>(std::max<int64_t>(1, seen));
+  return means;
+}
+
 }  // namespace
 
 RunResult run_training(const Config& config, const RunOptions& options) {
@@ -376,6 +390,9 @@ RunResult run_training(const Config& config, const RunOptions& options) {
   int64_t epoch = 0, step_in_epoch = 0;
   double loss_sum = 0.0, best_acc = -1.0;
   int64_t correct = 0, seen = 0;
+  nlohmann::json part_sums = nlohmann::json::object();  // each loss part summed over this epoch's samples
+  int64_t skipped_steps = 0;  // loss spikes skipped this epoch
+  SpikeGuard guard(config.train.skip_spikes);
   std::string saved_phase;
   double elapsed_before = 0.0;
   if (options.resume) {
@@ -385,6 +402,9 @@ RunResult run_training(const Config& config, const RunOptions& options) {
     ctx.global_step = state.at("global_step");
     ctx.phase_step = state.at("phase_step");
     loss_sum = state.at("loss_sum");
+    skipped_steps = state.value("skipped_steps", int64_t{0});
+    if (state.contains("spike_guard")) guard.load_state(state.at("spike_guard"));
+    part_sums = state.value("loss_part_sums", nlohmann::json::object());
     correct = state.at("correct");
     seen = state.at("seen");
     best_acc = state.at("best_accuracy");
@@ -416,6 +436,9 @@ RunResult run_training(const Config& config, const RunOptions& options) {
                         {"phase_step", ctx.phase_step},
                         {"phase", phase_name},
                         {"loss_sum", loss_sum},
+                        {"loss_part_sums", part_sums},
+                        {"skipped_steps", skipped_steps},
+                        {"spike_guard", guard.state()},
                         {"correct", correct},
                         {"seen", seen},
                         {"best_accuracy", best_acc},
@@ -440,6 +463,7 @@ RunResult run_training(const Config& config, const RunOptions& options) {
     if (primary) append_jsonl(metrics_path, j);
   };
 
+  BatchNormSnapshot batch_norm_stats(*ctx.model);
   for (; epoch < epochs; ++epoch) {
     size_t pi = 0;
     const Phase& phase = phase_of(phases, epoch, &pi);
@@ -448,6 +472,7 @@ RunResult run_training(const Config& config, const RunOptions& options) {
       const bool continuing = resumed_inside_phase && saved_phase == phase.name;
       if (!continuing) {
         ctx.phase_step = 0;
+        guard.reset_mean();
         method->on_phase_begin(ctx, phase);
       }
       const auto groups = method->param_groups(ctx, phase);
@@ -487,13 +512,18 @@ RunResult run_training(const Config& config, const RunOptions& options) {
       auto& groups = optimizer->param_groups();
       for (size_t g = 0; g < groups.size(); ++g) groups[g].options().set_lr(base_lrs[g] * f);
 
+      if (guard.enabled()) batch_norm_stats.save();
       auto logits = ctx.model->forward(x);
       LossOutput lo = method->loss(ctx, x, y, logits);
+      if (steps_this_process == options.spike_at_step) lo.loss = lo.loss * 1e6;
       optimizer->zero_grad();
       // Loss and correct predictions of the whole global batch (summed over processes).
-      auto batch_stats = torch::stack({lo.loss.detach().to(torch::kDouble) * static_cast<double>(y.size(0)),
-                                       logits.detach().argmax(1).eq(y).sum().to(torch::kDouble)})
-                             .cpu();
+      // Then each loss part, weighted the same way.
+      std::vector<torch::Tensor> stats = {lo.loss.detach().to(torch::kDouble) * static_cast<double>(y.size(0)),
+                                          logits.detach().argmax(1).eq(y).sum().to(torch::kDouble)};
+      for (const auto& part : lo.parts)
+        stats.push_back(part.second.detach().to(device, torch::kDouble).reshape({}) * static_cast<double>(y.size(0)));
+      auto batch_stats = torch::stack(stats).cpu();
       std::unique_ptr<dist::Pending> stats_work;
       if (group) {
         stats_work = group->allreduce_sum_async(batch_stats);
@@ -504,21 +534,41 @@ RunResult run_training(const Config& config, const RunOptions& options) {
         grad_sync->finish();
         stats_work->wait();
       }
-      if (phase.optim.grad_clip > 0) torch::nn::utils::clip_grad_norm_(ctx.model->parameters(), phase.optim.grad_clip);
-      optimizer->step();
-      ++ctx.global_step;
-      ++ctx.phase_step;
-      method->after_step(ctx);
-
       const double l = batch_stats[0].item<double>() / static_cast<double>(B);
-      if (!std::isfinite(l))
+      const double running_mean = guard.mean();
+      const bool skipped = guard.skip(l);
+      if (guard.diverged() || (!guard.enabled() && !std::isfinite(l)))
         throw std::runtime_error("training diverged: loss is " + std::to_string(l) + " at epoch " +
                                  std::to_string(epoch + 1) + " step " + std::to_string(step_in_epoch + 1) +
+                                 (guard.enabled() ? ", the " + std::to_string(guard.consecutive()) +
+                                                        "th loss spike in a row (train.skip_spikes)"
+                                                  : std::string()) +
                                  " (try a lower optim.lr)");
-      loss_sum += l * B;
-      correct += static_cast<int64_t>(batch_stats[1].item<double>() + 0.5);
-      seen += B;
+      if (skipped) {
+        // The batch counts (the lr schedule and the data order go on), its update does not.
+        batch_norm_stats.restore();
+        ++skipped_steps;
+        report.line("epoch " + std::to_string(epoch + 1) + " step " + std::to_string(step_in_epoch + 1) +
+                    ": loss " + format_number(l) + " against a running mean of " + format_number(running_mean) +
+                    ": step skipped, batch-norm statistics restored (train.skip_spikes " +
+                    format_number(config.train.skip_spikes) + ")");
+      } else {
+        if (phase.optim.grad_clip > 0) torch::nn::utils::clip_grad_norm_(ctx.model->parameters(), phase.optim.grad_clip);
+        optimizer->step();
+      }
+      ++ctx.global_step;
+      ++ctx.phase_step;
       ++steps_this_process;
+      if (!skipped) {
+        method->after_step(ctx);
+        loss_sum += l * B;
+        for (size_t i = 0; i < lo.parts.size(); ++i) {
+          auto& sum = part_sums[lo.parts[i].first];
+          sum = (sum.is_null() ? 0.0 : sum.get<double>()) + batch_stats[2 + i].item<double>();
+        }
+        correct += static_cast<int64_t>(batch_stats[1].item<double>() + 0.5);
+        seen += B;
+      }
 
       const double secs = std::chrono::duration<double>(Clock::now() - t_epoch).count();
       const int64_t done = step_in_epoch + 1 - first_step;
@@ -552,6 +602,8 @@ RunResult run_training(const Config& config, const RunOptions& options) {
                         {"phase", phase.name},
                         {"train_loss", loss_sum / std::max<int64_t>(1, seen)},
                         {"train_accuracy", static_cast<double>(correct) / std::max<int64_t>(1, seen)},
+                        {"loss_parts", epoch_means(part_sums, seen)},
+                        {"skipped_steps", skipped_steps},
                         {"lr", optimizer->param_groups()[0].options().get_lr()},
                         {"seconds", epoch_secs},
                         {"kept_relus", layers::kept_relus(ctx.model->sites())},
@@ -591,6 +643,8 @@ RunResult run_training(const Config& config, const RunOptions& options) {
     ++epoch;
     step_in_epoch = 0;
     loss_sum = 0.0;
+    part_sums = nlohmann::json::object();
+    skipped_steps = 0;
     correct = 0;
     seen = 0;
     const CheckpointMeta meta{to_json(config), make_state(phase.name)};

@@ -23,6 +23,7 @@ struct RunOptions {
   bool resume = false;          ///< continue from out_dir/checkpoints/last.pt
   int64_t stop_after_steps = -1;  ///< stop (as if killed) after this many steps in this process; -1: never
   bool quiet = false;           ///< no console output (log.txt is still written)
+  int64_t spike_at_step = -1;   ///< tests: multiply this step's loss (counted in this process) by 1e6, as an outlier batch's
 };
 
 struct RunResult {

@@ -120,6 +120,23 @@ TEST_CASE("an autorep run interrupted in search and in finetune ends with the sa
   const auto mb = masks_of((b / "checkpoints" / "last.pt").string());
   REQUIRE(ma.size() == mb.size());
   for (size_t i = 0; i < ma.size(); ++i) CHECK(torch::equal(ma[i], mb[i]));
+
+  // Every epoch logs its loss parts (they add up to the loss), the same with or without the interruptions.
+  const auto ea = autorep::test::read_metrics(a, "epoch"), eb = autorep::test::read_metrics(b, "epoch");
+  REQUIRE(ea.size() == 3);
+  REQUIRE(eb.size() == 3);
+  for (size_t e = 0; e < ea.size(); ++e) {
+    INFO("epoch " << e + 1);
+    const auto& parts = ea[e].at("loss_parts");
+    const bool search = ea[e].at("phase") == "search";
+    CHECK(parts.size() == (search ? 3u : 2u));
+    double total = 0.0;
+    for (const auto& [name, v] : parts.items()) total += v.get<double>();
+    CHECK(total == Approx(ea[e].at("train_loss").get<double>()).epsilon(1e-4));
+    if (search) CHECK(parts.at("penalty").get<double>() >= 0.0);
+    for (const auto& [name, v] : parts.items())
+      CHECK(v.get<double>() == Approx(eb[e].at("loss_parts").at(name).get<double>()).epsilon(1e-6));
+  }
   fs::remove_all(a);
   fs::remove_all(b);
 }

@@ -6,6 +6,7 @@
 
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
+#include "trainer/spike_guard.h"
 #include "trainer/train.h"
 
 using namespace autorep::trainer;
@@ -142,4 +143,93 @@ TEST_CASE("result.json: the exported model's numbers for reductions, the best ch
   CHECK(a.at("best_accuracy") == 0.9);
   CHECK(a.at("seconds") == 12.5);
   CHECK(a.at("export_path") == "export/mask.json");
+}
+
+TEST_CASE("the spike guard judges losses against the running mean after its warm-up", "[train][spike]") {
+  SpikeGuard off(0.0);
+  CHECK_FALSE(off.enabled());
+  CHECK_FALSE(off.skip(1e9));
+
+  SpikeGuard g(10.0, /*warmup=*/4, /*decay=*/0.9, /*max_consecutive=*/3);
+  for (double l : {2.0, 1.0, 1.0, 100.0}) CHECK_FALSE(g.skip(l));  // the warm-up judges nothing
+  CHECK(g.mean() == Approx(26.0));                                    // plain mean of the warm-up
+  CHECK(g.skip(std::nan("")));                                        // not finite: always a spike
+  CHECK(g.skip(261.0));
+  CHECK_FALSE(g.diverged());
+  CHECK_FALSE(g.skip(259.0));  // just under 10 x 26; accepted, into the moving average
+  CHECK(g.mean() == Approx(26.0 + (259.0 - 26.0) / 5));  // still the plain mean: 5 < 1 / (1 - 0.9)
+  CHECK(g.consecutive() == 0);
+
+  const auto saved = g.state();
+  for (int i = 0; i < 3; ++i) CHECK(g.skip(1e9));
+  CHECK(g.diverged());
+  SpikeGuard h(10.0, 4, 0.9, 3);
+  h.load_state(saved);
+  CHECK(h.mean() == Approx(g.mean()));
+  CHECK_FALSE(h.diverged());
+  h.reset_mean();
+  CHECK(h.mean() == 0.0);
+  CHECK_FALSE(h.skip(1e6));  // a new phase warms up again
+}
+
+TEST_CASE("a batch-norm snapshot puts the running statistics back", "[train][spike]") {
+  torch::nn::Sequential net(torch::nn::Conv2d(torch::nn::Conv2dOptions(1, 4, 3)), torch::nn::BatchNorm2d(4));
+  net->train();
+  net->forward(torch::randn({8, 1, 6, 6}));
+  BatchNormSnapshot snap(*net);
+  snap.save();
+  std::vector<torch::Tensor> before;
+  for (const auto& b : net->buffers()) before.push_back(b.clone());
+  net->forward(1000 * torch::randn({8, 1, 6, 6}));
+  CHECK_FALSE(torch::equal(net->buffers()[0], before[0]));
+  snap.restore();
+  const auto after = net->buffers();
+  REQUIRE(after.size() == before.size());
+  for (size_t i = 0; i < before.size(); ++i) CHECK(torch::equal(after[i], before[i]));
+}
+
+TEST_CASE("an outlier batch is skipped and the run goes on, and is taken without the guard", "[train][spike]") {
+  if (!have_fashion_mnist()) return;
+  Config c = tiny_config();
+  c.train.epochs = 4;  // 8 steps per epoch; the guard judges from step 21
+  c.optim.grad_clip = 1.0;  // bounds the unguarded run's step on the outlier
+  c.train.skip_spikes = 10;
+  const auto a = fresh_dir("spike-guarded"), b = fresh_dir("spike-resumed"), u = fresh_dir("spike-unguarded");
+  RunOptions o;
+  o.quiet = true;
+  o.spike_at_step = 25;  // the 26th step, in epoch 4
+  o.out_dir = a.string();
+  REQUIRE(run_training(c, o).completed);
+  const auto ea = autorep::test::read_metrics(a, "epoch");
+  REQUIRE(ea.size() == 4);
+  CHECK(ea[2].at("skipped_steps") == 0);
+  CHECK(ea[3].at("skipped_steps") == 1);
+  CHECK(ea[3].at("train_loss").get<double>() < 5.0);  // the spike's loss is not in the mean
+  CHECK(autorep::test::read_text(a / "log.txt").find("step skipped") != std::string::npos);
+
+  // Interrupted after the skip: the guard's state travels in the checkpoint.
+  o.out_dir = b.string();
+  o.stop_after_steps = 27;
+  REQUIRE_FALSE(run_training(c, o).completed);
+  o.stop_after_steps = -1;
+  o.spike_at_step = -1;
+  o.resume = true;
+  REQUIRE(run_training(c, o).completed);
+  const auto eb = autorep::test::read_metrics(b, "epoch");
+  REQUIRE(eb.size() == 4);
+  CHECK(eb[3].at("skipped_steps") == 1);
+  CHECK(eb[3].at("train_loss").get<double>() == Approx(ea[3].at("train_loss").get<double>()).epsilon(1e-9));
+
+  c.train.skip_spikes = 0;
+  o = RunOptions{};
+  o.quiet = true;
+  o.spike_at_step = 25;
+  o.out_dir = u.string();
+  REQUIRE(run_training(c, o).completed);
+  const auto eu = autorep::test::read_metrics(u, "epoch");
+  CHECK(eu[3].at("skipped_steps") == 0);
+  CHECK(eu[3].at("train_loss").get<double>() > 1000.0);
+  fs::remove_all(a);
+  fs::remove_all(b);
+  fs::remove_all(u);
 }
