@@ -46,8 +46,9 @@ class SpikeGuard {
   int64_t consecutive_ = 0;
 };
 
-/// The batch-norm running statistics of `model` (buffers running_mean, running_var,
-/// num_batches_tracked), copied, to put back after a skipped step.
+/// The running statistics a training forward updates — every buffer named running_mean,
+/// running_var or num_batches_tracked: batch norm's and the gates' (DaPa fits from the latter) —
+/// copied, to put back after a skipped step.
 class BatchNormSnapshot {
  public:
   explicit BatchNormSnapshot(torch::nn::Module& model);

@@ -535,7 +535,6 @@ RunResult run_training(const Config& config, const RunOptions& options) {
         stats_work->wait();
       }
       const double l = batch_stats[0].item<double>() / static_cast<double>(B);
-      const double running_mean = guard.mean();
       const bool skipped = guard.skip(l);
       if (guard.diverged() || (!guard.enabled() && !std::isfinite(l)))
         throw std::runtime_error("training diverged: loss is " + std::to_string(l) + " at epoch " +
@@ -549,7 +548,7 @@ RunResult run_training(const Config& config, const RunOptions& options) {
         batch_norm_stats.restore();
         ++skipped_steps;
         report.line("epoch " + std::to_string(epoch + 1) + " step " + std::to_string(step_in_epoch + 1) +
-                    ": loss " + format_number(l) + " against a running mean of " + format_number(running_mean) +
+                    ": loss " + format_number(l) + " against a running mean of " + format_number(guard.mean()) +
                     ": step skipped, batch-norm statistics restored (train.skip_spikes " +
                     format_number(config.train.skip_spikes) + ")");
       } else {
