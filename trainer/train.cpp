@@ -543,8 +543,12 @@ RunResult run_training(const Config& config, const RunOptions& options) {
                                                         "th loss spike in a row (train.skip_spikes)"
                                                   : std::string()) +
                                  " (try a lower optim.lr)");
+      // The batch counts either way (the lr schedule and the data order go on); a skipped one
+      // leaves no update.
+      ++ctx.global_step;
+      ++ctx.phase_step;
+      ++steps_this_process;
       if (skipped) {
-        // The batch counts (the lr schedule and the data order go on), its update does not.
         batch_norm_stats.restore();
         ++skipped_steps;
         report.line("epoch " + std::to_string(epoch + 1) + " step " + std::to_string(step_in_epoch + 1) +
@@ -554,11 +558,6 @@ RunResult run_training(const Config& config, const RunOptions& options) {
       } else {
         if (phase.optim.grad_clip > 0) torch::nn::utils::clip_grad_norm_(ctx.model->parameters(), phase.optim.grad_clip);
         optimizer->step();
-      }
-      ++ctx.global_step;
-      ++ctx.phase_step;
-      ++steps_this_process;
-      if (!skipped) {
         method->after_step(ctx);
         loss_sum += l * B;
         for (size_t i = 0; i < lo.parts.size(); ++i) {
