@@ -80,7 +80,9 @@ int cmd_eval(const std::string& checkpoint, const std::string& data_path, const 
   lm.model->to(dev);
   const EvalResult r = evaluate(*lm.model, data, data.test, dev, d.eval_batch_size);
   std::cout << std::fixed << std::setprecision(2) << "test accuracy " << 100.0 * r.accuracy << "% ("
-            << r.samples << " samples, loss " << std::setprecision(4) << r.loss << "), ReLUs "
+            << r.samples << " samples, loss " << std::setprecision(4) << r.loss;
+  if (r.nonfinite > 0) std::cout << ", " << r.nonfinite << " with non-finite logits counted wrong";
+  std::cout << "), ReLUs "
             << layers::kept_relus(lm.model->sites()) << "/" << layers::total_relus(lm.model->sites()) << "\n";
   std::cout << "accuracy=" << std::setprecision(4) << r.accuracy << "\n";
   return 0;

@@ -72,7 +72,7 @@ EvalResult evaluate(NetImpl& model, const DataSplits& data, const Dataset& split
   model.eval();
   EvalResult r;
   double loss_sum = 0.0;
-  int64_t correct = 0;
+  int64_t correct = 0, nonfinite = 0;
   const int64_t n = split.size();
   // With a process group each process evaluates its contiguous share; the sums are combined.
   const int64_t parts = group ? group->size() : 1, part = group ? group->rank() : 0;
@@ -83,6 +83,13 @@ EvalResult evaluate(NetImpl& model, const DataSplits& data, const Dataset& split
     auto x = make_batch(data, split, idx, /*train=*/false, 0).to(device);
     auto y = split.labels.slice(0, start, end).to(device);
     auto logits = model.forward(x);
+    const auto finite = torch::isfinite(logits).all(1);
+    const int64_t bad = finite.numel() - finite.sum().item<int64_t>();
+    if (bad > 0) {
+      nonfinite += bad;
+      logits = logits.index({finite});
+      y = y.index({finite});
+    }
     loss_sum += torch::nn::functional::cross_entropy(
                     logits, y, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
                     .item<double>();
@@ -90,14 +97,16 @@ EvalResult evaluate(NetImpl& model, const DataSplits& data, const Dataset& split
   }
   model.train(was_training);
   if (group != nullptr) {
-    auto sums = torch::tensor({loss_sum, static_cast<double>(correct)}, torch::kDouble);
+    auto sums = torch::tensor({loss_sum, static_cast<double>(correct), static_cast<double>(nonfinite)}, torch::kDouble);
     group->allreduce_sum(sums);
     loss_sum = sums[0].item<double>();
     correct = static_cast<int64_t>(sums[1].item<double>() + 0.5);
+    nonfinite = static_cast<int64_t>(sums[2].item<double>() + 0.5);
   }
   r.samples = n;
+  r.nonfinite = nonfinite;
   r.accuracy = n > 0 ? static_cast<double>(correct) / n : 0.0;
-  r.loss = n > 0 ? loss_sum / n : 0.0;
+  r.loss = n > nonfinite ? loss_sum / (n - nonfinite) : (n > 0 ? std::nan("") : 0.0);
   return r;
 }
 
@@ -627,9 +636,11 @@ RunResult run_training(const Config& config, const RunOptions& options) {
                                   {"phase", phase.name},
                                   {"test_accuracy", ev.accuracy},
                                   {"test_loss", ev.loss},
+                                  {"test_nonfinite", ev.nonfinite},
                                   {"kept_relus", m["kept_relus"]}});
       line << " | test loss " << std::setprecision(4) << ev.loss << " acc " << std::setprecision(2)
            << 100.0 * ev.accuracy << "%";
+      if (ev.nonfinite > 0) line << " (" << ev.nonfinite << " with non-finite logits, counted wrong)";
       if (method->may_be_best(ctx, phase) && ev.accuracy > best_acc) {
         best_acc = ev.accuracy;
         improved = true;

@@ -55,11 +55,14 @@ int64_t configure_threads(int64_t threads);
 /// Resolves "auto" | "cpu" | "cuda" (error when cuda is asked for but not available).
 torch::Device resolve_device(const std::string& device);
 
-/// Test accuracy and mean loss of `model` on a split.
+/// Test accuracy and mean loss of `model` on a split. A sample whose logits are not all finite
+/// (a mostly polynomial network can overflow on some inputs) counts as wrong, is left out of
+/// the mean loss and is counted in `nonfinite`.
 struct EvalResult {
   double accuracy = 0.0;
-  double loss = 0.0;
+  double loss = 0.0;  ///< mean over the samples with finite logits (NaN when there are none)
   int64_t samples = 0;
+  int64_t nonfinite = 0;
 };
 /// With `group`, each process evaluates its share of the split and every process gets the totals.
 EvalResult evaluate(NetImpl& model, const DataSplits& data, const Dataset& split, torch::Device device,

@@ -6,6 +6,8 @@
 
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
+#include "trainer/data.h"
+#include "trainer/models.h"
 #include "trainer/spike_guard.h"
 #include "trainer/train.h"
 
@@ -115,6 +117,54 @@ TEST_CASE("checkpoints round-trip parameters, buffers and optimiser state", "[tr
   CHECK(back.config["method"] == "baseline");
   CHECK_THROWS_WITH(read_checkpoint_meta((dir / "missing.pt").string()), Catch::Contains("missing.pt"));
   fs::remove_all(dir);
+}
+
+TEST_CASE("evaluation counts samples with non-finite logits as wrong and keeps them out of the loss",
+          "[train][eval]") {
+  // mlp: each sample's logits depend on that sample only. Huge hidden weights overflow to inf for
+  // any non-zero input; an all-zero input (mean 0) gives the finite bias-only logits.
+  ModelSpec spec{"mlp", {1, 4, 4}, 3, true};
+  Net net = build_model(spec, autorep::layers::relu_factory());
+  {
+    torch::NoGradGuard no_grad;
+    for (const auto& kv : net->named_parameters())
+      if (kv.key() == "fc1.weight" || kv.key() == "fc2.weight") kv.value().fill_(1e30f);
+  }
+  DataSplits d;
+  d.name = "synthetic";
+  d.classes = 3;
+  d.input_shape = {1, 4, 4};
+  d.mean = {0.0f};
+  d.std = {1.0f};
+  d.test.images = torch::zeros({5, 1, 4, 4}, torch::kUInt8);
+  d.test.images.slice(0, 1, 3).fill_(255);  // samples 1 and 2 overflow
+  {
+    // The overflowing samples are labelled with what argmax would pick from their logits, so
+    // only the non-finite check keeps them from counting as correct.
+    torch::NoGradGuard no_grad;
+    net->eval();
+    const auto bad_logits = net->forward(torch::ones({1, 1, 4, 4}));
+    REQUIRE_FALSE(torch::isfinite(bad_logits).all().item<bool>());
+    const int64_t bad_pred = bad_logits.argmax(1).item<int64_t>();
+    d.test.labels = torch::tensor({int64_t{0}, bad_pred, bad_pred, int64_t{1}, int64_t{2}}, torch::kLong);
+  }
+  d.train = d.test;
+
+  const EvalResult r = evaluate(*net, d, d.test, torch::kCPU, /*batch_size=*/2);
+  CHECK(r.samples == 5);
+  CHECK(r.nonfinite == 2);
+  // By hand: the three zero inputs share one finite logit row.
+  torch::NoGradGuard no_grad;
+  net->eval();
+  const auto logits = net->forward(torch::zeros({1, 1, 4, 4}));
+  REQUIRE(torch::isfinite(logits).all().item<bool>());
+  const auto logp = torch::log_softmax(logits, 1)[0];
+  const double loss = -(logp[0].item<double>() + logp[1].item<double>() + logp[2].item<double>()) / 3.0;
+  CHECK(r.loss == Approx(loss).epsilon(1e-5));
+  const int64_t pred = logits.argmax(1).item<int64_t>();
+  const int64_t correct = (pred == 0) + (pred == 1) + (pred == 2);  // labels of samples 0, 3, 4
+  CHECK(r.accuracy == Approx(correct / 5.0));
+  CHECK(std::isfinite(r.loss));
 }
 
 TEST_CASE("result.json: the exported model's numbers for reductions, the best checkpoint's for baselines",
