@@ -64,8 +64,8 @@ int run_gate_bench(const GateBenchOptions& o, std::ostream& out) {
 
   std::vector<int64_t> sample(o.shape.begin() + 1, o.shape.end());
   GateOptions go(sample);
-  go.granularity(o.granularity);
-  Gate module(go);  // validates the granularity
+  go.granularity(parse_granularity(o.granularity, "--granularity"));
+  Gate module(go);
   module->to(dev);
   module->train();
   {

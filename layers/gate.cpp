@@ -55,9 +55,6 @@ void GateImpl::reset() {
   const auto& s = options_.shape();
   TORCH_CHECK(!s.empty(), "gate: shape must be the per-sample input shape {C,H,W} or {F}, got []");
   for (auto d : s) TORCH_CHECK(d > 0, "gate: shape ", shape_string(s), " has a non-positive size");
-  const auto& g = options_.granularity();
-  TORCH_CHECK(g == "pixel" || g == "channel" || g == "layer", "gate: granularity '", g,
-              "' is not one of pixel, channel, layer");
   TORCH_CHECK(options_.degree() == 1 || options_.degree() == 2, "gate: degree must be 1 or 2, got ",
               options_.degree());
   const auto& dp = options_.dapa();
@@ -67,8 +64,7 @@ void GateImpl::reset() {
   TORCH_CHECK(dp.var_floor() > 0, "gate: dapa.var_floor must be > 0, got ", dp.var_floor());
 
   const int64_t c = s[0];
-  std::vector<int64_t> mshape = g == "pixel" ? s : (g == "channel" ? std::vector<int64_t>{c}
-                                                                   : std::vector<int64_t>{1});
+  const std::vector<int64_t> mshape = mask_shape(options_.granularity(), s);
   aux_ = register_parameter("aux", torch::rand(mshape));
   mask_ = register_buffer("mask", torch::ones(mshape));
   c0_ = register_parameter("c0", torch::zeros({c}));
@@ -112,19 +108,10 @@ void GateImpl::refit() {
   }
 }
 
-namespace {
-MomentReducer& moment_reducer() {
-  static MomentReducer reducer;
-  return reducer;
-}
-}  // namespace
-
-void set_moment_reducer(MomentReducer reducer) { moment_reducer() = std::move(reducer); }
-
 void GateImpl::update_running_stats(const torch::Tensor& moments, int64_t count) {
   torch::NoGradGuard no_grad;
   auto m = moments.to(torch::kDouble);
-  if (const auto& reduce = moment_reducer()) {
+  if (const auto& reduce = moment_reducer_) {
     // Sums and count of every process's batch: the statistics of the whole global batch.
     const int64_t c = m.size(1);
     auto packed = torch::cat({m.reshape({-1}), torch::full({1}, static_cast<double>(count), m.options())});
@@ -210,13 +197,13 @@ int64_t GateImpl::total_relus() const {
 
 int64_t GateImpl::kept_relus() const {
   const double kept = mask_.sum().item<double>();
-  const int64_t per = total_relus() / mask_.numel();  // elements one mask entry covers
+  const int64_t per = elements_per_entry(options_.granularity(), options_.shape());
   return static_cast<int64_t>(std::llround(kept)) * per;
 }
 
 void GateImpl::pretty_print(std::ostream& stream) const {
   stream << "autorep::layers::Gate(shape=" << shape_string(options_.shape())
-         << ", granularity=" << options_.granularity() << ", degree=" << options_.degree()
+         << ", granularity=" << granularity_name(options_.granularity()) << ", degree=" << options_.degree()
          << ", dapa=" << (options_.dapa().enabled() ? options_.dapa().sigma() : std::string("off"))
          << ")";
 }
@@ -276,8 +263,18 @@ std::vector<torch::Tensor> refitted_coefficients(torch::nn::Module& model) {
   return out;
 }
 
+int64_t total_relus(const std::vector<std::shared_ptr<GateImpl>>& gates) {
+  int64_t n = 0;
+  for (const auto& g : gates) n += g->total_relus();
+  return n;
+}
+
 void set_frozen(torch::nn::Module& model, bool frozen) {
   for (const auto& g : gates(model)) g->set_frozen(frozen);
+}
+
+void set_moment_reducer(torch::nn::Module& model, const MomentReducer& reducer) {
+  for (const auto& g : gates(model)) g->set_moment_reducer(reducer);
 }
 
 void reset_optimizer_state(torch::optim::Optimizer& optimizer, const std::vector<torch::Tensor>& params) {

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "layers/granularity.h"
 #include "layers/site.h"
 
 namespace torch::optim {
@@ -22,6 +23,12 @@ class Optimizer;
 }  // namespace torch::optim
 
 namespace autorep::layers {
+
+/// Combines the per-batch moment sums of a gate across the processes of a data-parallel run:
+/// called in every training forward with a float64 tensor [sum x (C), sum x^2 (C), count] that
+/// it must replace by its sum over all processes, so every process keeps the same running
+/// statistics (and DaPa fits the same coefficients) as one process with the whole batch.
+using MomentReducer = std::function<void(torch::Tensor&)>;
 
 /// Distribution-aware polynomial approximation (DaPa) of the replaced ReLUs.
 struct DapaOptions {
@@ -52,8 +59,8 @@ struct GateOptions {
   explicit GateOptions(std::vector<int64_t> shape) : shape_(std::move(shape)) {}
   /// Per-sample input shape: {C, H, W} or {F} (any {C, ...} works: trailing sizes are positions).
   TORCH_ARG(std::vector<int64_t>, shape);
-  /// "pixel" (aux/mask of the per-sample shape), "channel" ([C]) or "layer" ([1]).
-  TORCH_ARG(std::string, granularity) = "pixel";
+  /// Pixel (aux/mask of the per-sample shape), Channel ([C]) or Layer ([1]).
+  TORCH_ARG(Granularity, granularity) = Granularity::Pixel;
   /// Degree of the replacement polynomial: 1 or 2.
   TORCH_ARG(int64_t, degree) = 2;
   /// s1 in p(x) = c0 + s1*c1*x + s2*c2*x^2.
@@ -110,6 +117,9 @@ class GateImpl : public torch::nn::Cloneable<GateImpl>, public ActivationSite {
   /// Frozen masks: aux gets no gradient and hysteresis does nothing (not saved).
   void set_frozen(bool frozen);
   bool frozen() const { return frozen_; }
+  /// Combines this gate's per-batch moment sums across processes (see MomentReducer); an empty
+  /// function (the default) keeps them local.
+  void set_moment_reducer(MomentReducer reducer) { moment_reducer_ = std::move(reducer); }
 
   int64_t kept_relus() const override;
   int64_t total_relus() const override;
@@ -133,6 +143,7 @@ class GateImpl : public torch::nn::Cloneable<GateImpl>, public ActivationSite {
   GateOptions options_;
   torch::Tensor aux_, mask_, c0_, c1_, c2_, running_mean_, running_var_, step_;
   bool frozen_ = false;
+  MomentReducer moment_reducer_;
   bool refitted_last_step_ = false;
   int64_t refit_count_ = 0;
   // Host copy of the step buffer, trusted while the buffer is the same tensor at the same
@@ -148,6 +159,8 @@ ActivationFactory gate_factory(GateOptions prototype);
 
 /// Every Gate in `model` (including `model` itself), in modules() order.
 std::vector<std::shared_ptr<GateImpl>> gates(torch::nn::Module& model);
+/// Sum of all ReLU elements over `gates` (per sample).
+int64_t total_relus(const std::vector<std::shared_ptr<GateImpl>>& gates);
 /// hysteresis_update(threshold) on every gate of `model`; call after each optimiser step
 /// (training only).
 void hysteresis_update(torch::nn::Module& model, double threshold);
@@ -162,13 +175,8 @@ std::vector<torch::Tensor> refitted_coefficients(torch::nn::Module& model);
 /// Mask freezing for every gate of `model`.
 void set_frozen(torch::nn::Module& model, bool frozen);
 
-/// Combines the per-batch moment sums of a gate across the processes of a data-parallel run:
-/// called in every training forward with a float64 tensor [sum x (C), sum x^2 (C), count] that
-/// it must replace by its sum over all processes, so every process keeps the same running
-/// statistics (and DaPa fits the same coefficients) as one process with the whole batch.
-using MomentReducer = std::function<void(torch::Tensor&)>;
-/// Installs `reducer` for every gate of this process (an empty function removes it).
-void set_moment_reducer(MomentReducer reducer);
+/// Installs `reducer` on every gate of `model` (an empty function removes it).
+void set_moment_reducer(torch::nn::Module& model, const MomentReducer& reducer);
 
 /// Drops the optimiser state (Adam moments and step, SGD momentum, ...) of `params`, so the
 /// next step treats them as fresh. Parameters without state are ignored.

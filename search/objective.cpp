@@ -25,7 +25,9 @@ class MaskSte : public torch::autograd::Function<MaskSte> {
 
 }  // namespace
 
-int64_t elements_per_entry(const layers::GateImpl& gate) { return gate.total_relus() / gate.mask().numel(); }
+int64_t elements_per_entry(const layers::GateImpl& gate) {
+  return layers::elements_per_entry(gate.options().granularity(), gate.options().shape());
+}
 
 torch::Tensor relu_density(const GateList& gates) {
   TORCH_CHECK(!gates.empty(), "relu_density: the model has no gates");

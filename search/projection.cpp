@@ -11,12 +11,6 @@
 
 namespace autorep::search {
 
-int64_t total_gate_relus(const GateList& gates) {
-  int64_t n = 0;
-  for (const auto& g : gates) n += g->total_relus();
-  return n;
-}
-
 int64_t keep_top_scores(const GateList& gates, const std::vector<torch::Tensor>& scores, int64_t budget) {
   TORCH_CHECK(scores.size() == gates.size(), "keep_top_scores: one score tensor per gate expected");
   TORCH_CHECK(budget >= 0, "keep_top_scores: negative budget ", budget);
@@ -77,7 +71,7 @@ int64_t random_masks(const GateList& gates, int64_t budget, uint64_t seed) {
 
 int64_t uniform_masks(const GateList& gates, const std::vector<torch::Tensor>& scores, int64_t budget) {
   TORCH_CHECK(scores.size() == gates.size(), "uniform_masks: one score tensor per gate expected");
-  const int64_t total = total_gate_relus(gates);
+  const int64_t total = layers::total_relus(gates);
   const double fraction = total > 0 ? static_cast<double>(budget) / static_cast<double>(total) : 0.0;
   // Each site's quota is fraction * entries, rounded down; the ReLUs left over go one entry at a
   // time to the sites with the largest rounded-off remainders (ties: site order), so every site

@@ -30,7 +30,5 @@ int64_t random_masks(const GateList& gates, int64_t budget, uint64_t seed);
 /// with pixel granularity).
 int64_t uniform_masks(const GateList& gates, const std::vector<torch::Tensor>& scores, int64_t budget);
 
-/// Total ReLU elements over the gates.
-int64_t total_gate_relus(const GateList& gates);
 
 }  // namespace autorep::search

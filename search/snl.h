@@ -1,31 +1,14 @@
 #pragma once
-/// The `snl` baseline (Selective Network Linearization, Cho et al. 2022) in the gate framework:
-/// while relaxed, a site computes y = alpha*relu(x) + (1-alpha)*x with a learnable per-entry
-/// slope alpha (the gate's aux, initialised to 1) under an L1 penalty; afterwards the masks keep
-/// the entries with the largest alpha and the replaced ReLUs become the identity, p(x) = x
-/// (c0 = 0, c1 = 1, c2 = 0, not trained), so SNL models export like any other.
+/// The search side of the `snl` baseline (Selective Network Linearization, Cho et al. 2022): the
+/// L1 term on the slopes of layers::SnlGate, the count of live slopes, clamping and relaxation.
 
-#include "layers/gate.h"
+#include <torch/types.h>
+
+#include <cstdint>
+
 #include "search/objective.h"
 
 namespace autorep::search {
-
-class SnlGateImpl : public layers::GateImpl {
- public:
-  /// `options` as for a Gate; DaPa is turned off and the polynomial fixed to the identity.
-  explicit SnlGateImpl(layers::GateOptions options);
-  /// Relaxed: alpha*relu(x) + (1-alpha)*x. Otherwise the gate's masked forward.
-  torch::Tensor forward(const torch::Tensor& x);
-  void set_relaxed(bool relaxed) { relaxed_ = relaxed; }
-  bool relaxed() const { return relaxed_; }
-
- private:
-  bool relaxed_ = false;
-};
-TORCH_MODULE(SnlGate);
-
-/// Factory placing an SnlGate (built from `prototype`) at every site.
-layers::ActivationFactory snl_gate_factory(layers::GateOptions prototype);
 
 /// sum over gates of |alpha| * elements_per_entry / total (the L1 term, normalised like rho).
 torch::Tensor snl_l1(const GateList& gates);

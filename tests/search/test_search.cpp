@@ -4,7 +4,7 @@
 
 #include "layers/gate.h"
 #include "search/budget.h"
-#include "search/magnitude.h"
+#include "layers/magnitude_recorder.h"
 #include "search/objective.h"
 #include "search/projection.h"
 #include "search/snl.h"

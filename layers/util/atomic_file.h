@@ -1,0 +1,23 @@
+#pragma once
+/// Files that must never be half-written (configs, results, exports, sweep tables, checkpoints):
+/// written under a temporary name in the same folder, then renamed into place.
+
+#include <functional>
+#include <string>
+
+namespace autorep::util {
+
+/// The temporary name `path` is written under before the rename (unique per process).
+std::string temp_path_for(const std::string& path);
+
+/// Moves a finished temporary file into place; on failure removes it and throws naming `path`.
+void rename_into_place(const std::string& tmp, const std::string& path);
+
+/// Writes `text` to `path` atomically, creating the parent folders.
+void write_file_atomic(const std::string& path, const std::string& text);
+
+/// Calls `write(tmp)` to produce the file under its temporary name, then renames it into place
+/// (the temporary file is removed when `write` throws).
+void write_atomically(const std::string& path, const std::function<void(const std::string& tmp)>& write);
+
+}  // namespace autorep::util

@@ -1,0 +1,195 @@
+#include "tests/torch_catch.h"
+#include "tests/trainer/test_util.h"
+
+#include <cmath>
+#include <filesystem>
+
+#include "layers/gate.h"
+#include "trainer/engine/config.h"
+#include "trainer/methods/reduction.h"
+#include "trainer/engine/loop.h"
+
+using namespace autorep;
+using namespace autorep::trainer;
+namespace fs = std::filesystem;
+
+namespace {
+
+bool have_data() { return autorep::test::have_fashion_mnist(); }
+
+fs::path dir(const std::string& name) { return autorep::test::fresh_dir("red-" + name); }
+
+Config tiny(const std::string& method) {
+  Config c;
+  c.method = method;
+  c.model.name = "cnn-small";
+  c.data.limit_train = 512;
+  c.data.limit_test = 256;
+  c.data.batch_size = 64;
+  c.train.threads = 2;
+  c.train.device = "cpu";
+  c.train.checkpoint_interval_s = 0;
+  c.optim.lr = 0.05;
+  c.train.epochs = method == "baseline" ? 1 : 3;
+  c.search.search_epochs = 2;
+  c.search.budget = "5%";
+  c.search.aux_lr = 0.05;
+  return c;
+}
+
+// A teacher shared by the tests of this file (trained once).
+const std::string& teacher() {
+  static std::string path = [] {
+    const auto d = dir("teacher");
+    RunOptions o;
+    o.out_dir = d.string();
+    o.quiet = true;
+    run_training(tiny("baseline"), o);
+    return (d / "checkpoints" / "best.pt").string();
+  }();
+  return path;
+}
+
+RunResult run(Config c, const fs::path& out, int64_t stop = -1, bool resume = false) {
+  c.search.teacher = teacher();
+  RunOptions o;
+  o.out_dir = out.string();
+  o.quiet = true;
+  o.stop_after_steps = stop;
+  o.resume = resume;
+  return run_training(c, o);
+}
+
+std::vector<torch::Tensor> masks_of(const std::string& checkpoint) {
+  LoadedModel m = load_model(checkpoint);
+  std::vector<torch::Tensor> out;
+  for (const auto& g : layers::gates(*m.model)) out.push_back(g->mask().clone());
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("every method and granularity ends within the exact budget and exports", "[reduction]") {
+  if (!have_data()) {
+    WARN("Fashion-MNIST not installed; skipped");
+    return;
+  }
+  for (const std::string method : {"autorep", "snl", "uniform", "random"}) {
+    for (const std::string g : {"pixel", "channel"}) {
+      Config c = tiny(method);
+      c.gate.granularity = g;
+      c.train.epochs = 2;
+      c.search.search_epochs = 1;
+      const auto out = dir(method + g);
+      const RunResult r = run(c, out);
+      INFO(method << " " << g);
+      REQUIRE(r.completed);
+      const int64_t budget = 944;  // 5% of cnn-small's 18,880 ReLUs at 1x28x28
+      CHECK(r.kept_relus <= budget);
+      if (g == "pixel") CHECK(r.kept_relus == budget);
+      CHECK(fs::exists(out / "export" / "mask.json"));
+      CHECK(fs::exists(out / "checkpoints" / "best.pt"));
+      fs::remove_all(out);
+    }
+  }
+}
+
+TEST_CASE("budget 0 and budget = all ReLUs", "[reduction]") {
+  if (!have_data()) return;
+  for (const nlohmann::json budget : {nlohmann::json(0), nlohmann::json("100%")}) {
+    Config c = tiny("autorep");
+    c.train.epochs = 2;
+    c.search.search_epochs = 1;
+    c.search.budget = budget;
+    const auto out = dir("edge");
+    const RunResult r = run(c, out);
+    CHECK(r.kept_relus == (budget == 0 ? 0 : r.total_relus));
+    fs::remove_all(out);
+  }
+}
+
+TEST_CASE("an autorep run interrupted in search and in finetune ends with the same masks", "[reduction][resume]") {
+  if (!have_data()) return;
+  const Config c = tiny("autorep");  // 8 steps per epoch: search steps 1-16, finetune 17-24
+  const auto a = dir("full"), b = dir("interrupted");
+  REQUIRE(run(c, a).completed);
+  REQUIRE_FALSE(run(c, b, 5).completed);
+  REQUIRE_FALSE(run(c, b, 13, true).completed);  // across the projection into finetune
+  REQUIRE(run(c, b, -1, true).completed);
+  const auto ma = masks_of((a / "checkpoints" / "last.pt").string());
+  const auto mb = masks_of((b / "checkpoints" / "last.pt").string());
+  REQUIRE(ma.size() == mb.size());
+  for (size_t i = 0; i < ma.size(); ++i) CHECK(torch::equal(ma[i], mb[i]));
+
+  // Every epoch logs its loss parts (they add up to the loss), the same with or without the interruptions.
+  const auto ea = autorep::test::read_metrics(a, "epoch"), eb = autorep::test::read_metrics(b, "epoch");
+  REQUIRE(ea.size() == 3);
+  REQUIRE(eb.size() == 3);
+  for (size_t e = 0; e < ea.size(); ++e) {
+    INFO("epoch " << e + 1);
+    const auto& parts = ea[e].at("loss_parts");
+    const bool search = ea[e].at("phase") == "search";
+    CHECK(parts.size() == (search ? 3u : 2u));
+    double total = 0.0;
+    for (const auto& [name, v] : parts.items()) total += v.get<double>();
+    CHECK(total == Approx(ea[e].at("train_loss").get<double>()).epsilon(1e-4));
+    if (search) CHECK(parts.at("penalty").get<double>() >= 0.0);
+    for (const auto& [name, v] : parts.items())
+      CHECK(v.get<double>() == Approx(eb[e].at("loss_parts").at(name).get<double>()).epsilon(1e-6));
+  }
+  fs::remove_all(a);
+  fs::remove_all(b);
+}
+
+TEST_CASE("a bfloat16 KD teacher gives the float32 teacher's logits to bf16 precision", "[reduction][kd]") {
+  torch::manual_seed(3);
+  const ModelSpec spec{"resnet20", {1, 28, 28}, 10, true};
+  Net t = build_model(spec, layers::relu_factory());
+  // Batch statistics of a few forwards in train mode, so eval-mode BatchNorm is not the identity.
+  for (int i = 0; i < 3; ++i) t->forward(torch::randn({32, 1, 28, 28}));
+  t->eval();
+  const torch::Device cpu(torch::kCPU);
+  CHECK(kd_teacher(t, "float32", cpu).get() == t.get());
+  Net b = kd_teacher(t, "bfloat16", cpu);
+  REQUIRE(b.get() != t.get());
+  CHECK(b->parameters().front().scalar_type() == torch::kBFloat16);
+  CHECK(t->parameters().front().scalar_type() == torch::kFloat);  // the float32 teacher is untouched
+  const auto x = torch::randn({16, 1, 28, 28});
+  const auto exact = teacher_logits(*t, x), approx = teacher_logits(*b, x);
+  CHECK(approx.scalar_type() == torch::kFloat);
+  CHECK_FALSE(approx.requires_grad());
+  const double scale = exact.abs().max().item<double>();
+  REQUIRE(scale > 0);
+  // bfloat16 keeps 8 significant bits: errors of a few percent of the logit range, not more.
+  CHECK((approx - exact).abs().max().item<double>() < 0.05 * scale + 1e-3);
+  CHECK_FALSE(torch::equal(approx, exact));  // it really ran in bfloat16
+  CHECK_THROWS(kd_teacher(t, "float16", cpu));
+}
+
+TEST_CASE("an autorep run with a bfloat16 KD teacher reaches the exact budget", "[reduction][kd]") {
+  if (!have_data()) return;
+  Config c = tiny("autorep");
+  c.train.epochs = 2;
+  c.search.search_epochs = 1;
+  c.search.kd.teacher_dtype = "bfloat16";
+  const auto out = dir("bf16");
+  const RunResult r = run(c, out);
+  REQUIRE(r.completed);
+  CHECK(r.kept_relus == 944);
+  CHECK(std::isfinite(r.best_accuracy));
+  fs::remove_all(out);
+}
+
+TEST_CASE("missing or incompatible teachers are clear errors", "[reduction][config]") {
+  if (!have_data()) return;
+  Config c = tiny("autorep");
+  ModelSpec student{"cnn-small", {1, 28, 28}, 10, true};
+  c.search.teacher = "";
+  CHECK_THROWS_WITH(load_teacher(c, student), Catch::Contains("search.teacher") && Catch::Contains("needs a teacher"));
+  c.search.teacher = "/nonexistent/best.pt";
+  CHECK_THROWS_WITH(load_teacher(c, student), Catch::Contains("search.teacher: /nonexistent/best.pt: no such file"));
+  c.search.teacher = teacher();
+  ModelSpec other{"resnet20", {1, 28, 28}, 10, true};
+  CHECK_THROWS_WITH(load_teacher(c, other), Catch::Contains("search.teacher") && Catch::Contains("must match"));
+  CHECK_NOTHROW(load_teacher(c, student));
+}

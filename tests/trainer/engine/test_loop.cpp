@@ -1,0 +1,285 @@
+#include "tests/torch_catch.h"
+#include "tests/trainer/test_util.h"
+
+#include <filesystem>
+#include <fstream>
+
+#include "trainer/engine/checkpoint.h"
+#include "trainer/engine/config.h"
+#include "trainer/data/dataset.h"
+#include "trainer/models/net.h"
+#include "trainer/engine/spike_guard.h"
+#include "trainer/engine/loop.h"
+
+using namespace autorep::trainer;
+namespace fs = std::filesystem;
+using autorep::test::fresh_dir;
+using autorep::test::have_fashion_mnist;
+
+namespace {
+
+
+Config tiny_config() {
+  Config c;
+  c.method = "baseline";
+  c.model.name = "cnn-small";
+  c.data.limit_train = 512;
+  c.data.limit_test = 256;
+  c.data.batch_size = 64;
+  c.train.epochs = 2;
+  c.train.threads = 2;
+  c.train.device = "cpu";
+  c.train.checkpoint_interval_s = 0;
+  c.optim.lr = 0.05;
+  return c;
+}
+
+std::vector<double> train_losses(const fs::path& run) {
+  std::vector<double> out;
+  for (const auto& j : autorep::test::read_metrics(run, "epoch")) out.push_back(j["train_loss"].get<double>());
+  return out;
+}
+
+
+}  // namespace
+
+TEST_CASE("a run stopped mid-epoch and resumed reproduces the uninterrupted run", "[train][resume]") {
+  if (!have_fashion_mnist()) {
+    WARN("Fashion-MNIST not installed; skipped");
+    return;
+  }
+  const Config c = tiny_config();
+  const auto a = fresh_dir("full"), b = fresh_dir("resumed");
+  RunOptions oa;
+  oa.out_dir = a.string();
+  oa.quiet = true;
+  const RunResult ra = run_training(c, oa);
+  REQUIRE(ra.completed);
+
+  RunOptions ob = oa;
+  ob.out_dir = b.string();
+  ob.stop_after_steps = 5;  // inside the first epoch (8 steps per epoch)
+  REQUIRE_FALSE(run_training(c, ob).completed);
+  ob.stop_after_steps = 6;  // across the epoch boundary, into the second epoch
+  ob.resume = true;
+  REQUIRE_FALSE(run_training(c, ob).completed);
+  ob.stop_after_steps = -1;
+  const RunResult rb = run_training(c, ob);
+  REQUIRE(rb.completed);
+
+  const auto la = train_losses(a), lb = train_losses(b);
+  REQUIRE(la.size() == 2);
+  REQUIRE(lb.size() == 2);
+  for (size_t i = 0; i < la.size(); ++i) CHECK(lb[i] == Approx(la[i]).epsilon(1e-9));
+  CHECK(rb.final_accuracy == Approx(ra.final_accuracy).epsilon(1e-12));
+
+  LoadedModel ma = load_model((a / "checkpoints" / "last.pt").string());
+  LoadedModel mb = load_model((b / "checkpoints" / "last.pt").string());
+  auto pa = ma.model->named_parameters(), pb = mb.model->named_parameters();
+  for (const auto& kv : pa) CHECK(torch::allclose(kv.value(), pb[kv.key()], 1e-6, 1e-7));
+  auto ba = ma.model->named_buffers(), bb = mb.model->named_buffers();
+  for (const auto& kv : ba) CHECK(torch::allclose(kv.value().to(torch::kDouble), bb[kv.key()].to(torch::kDouble), 1e-6, 1e-7));
+  fs::remove_all(a);
+  fs::remove_all(b);
+}
+
+TEST_CASE("checkpoints round-trip parameters, buffers and optimiser state", "[train][checkpoint]") {
+  ModelSpec spec{"cnn-small", {1, 28, 28}, 10, true};
+  Net net = build_model(spec, autorep::layers::relu_factory());
+  torch::optim::SGD opt(net->parameters(), torch::optim::SGDOptions(0.1).momentum(0.9));
+  net->train();
+  auto x = torch::randn({8, 1, 28, 28});
+  auto loss = net->forward(x).pow(2).mean();
+  loss.backward();
+  opt.step();  // creates momentum buffers and moves the BN running statistics
+  const auto dir = fresh_dir("ckpt");
+  const std::string path = (dir / "c.pt").string();
+  CheckpointMeta meta{nlohmann::json{{"method", "baseline"}}, nlohmann::json{{"model_spec", spec_to_json(spec)}, {"epoch", 3}}};
+  save_checkpoint(path, *net, &opt, meta);
+  REQUIRE(fs::exists(path));
+  for (const auto& e : fs::directory_iterator(dir)) CHECK(e.path().filename() == "c.pt");  // no temp files left
+
+  Net other = build_model(spec, autorep::layers::relu_factory());
+  torch::optim::SGD opt2(other->parameters(), torch::optim::SGDOptions(0.1).momentum(0.9));
+  load_checkpoint(path, *other, &opt2);
+  for (const auto& kv : net->named_parameters()) CHECK(torch::equal(kv.value(), other->named_parameters()[kv.key()]));
+  for (const auto& kv : net->named_buffers()) CHECK(torch::equal(kv.value(), other->named_buffers()[kv.key()]));
+  // Same momentum: one more identical step keeps the two models identical.
+  for (auto* m : {&net, &other}) {
+    (*m)->zero_grad();
+    (*m)->forward(x).pow(2).mean().backward();
+  }
+  opt.step();
+  opt2.step();
+  for (const auto& kv : net->named_parameters()) CHECK(torch::equal(kv.value(), other->named_parameters()[kv.key()]));
+  const CheckpointMeta back = read_checkpoint_meta(path);
+  CHECK(back.state["epoch"] == 3);
+  CHECK(back.config["method"] == "baseline");
+  CHECK_THROWS_WITH(read_checkpoint_meta((dir / "missing.pt").string()), Catch::Contains("missing.pt"));
+  fs::remove_all(dir);
+}
+
+TEST_CASE("evaluation counts samples with non-finite logits as wrong and keeps them out of the loss",
+          "[train][eval]") {
+  // mlp: each sample's logits depend on that sample only. Huge hidden weights overflow to inf for
+  // any non-zero input; an all-zero input (mean 0) gives the finite bias-only logits.
+  ModelSpec spec{"mlp", {1, 4, 4}, 3, true};
+  Net net = build_model(spec, autorep::layers::relu_factory());
+  {
+    torch::NoGradGuard no_grad;
+    for (const auto& kv : net->named_parameters())
+      if (kv.key() == "fc1.weight" || kv.key() == "fc2.weight") kv.value().fill_(1e30f);
+  }
+  DataSplits d;
+  d.name = "synthetic";
+  d.classes = 3;
+  d.input_shape = {1, 4, 4};
+  d.mean = {0.0f};
+  d.std = {1.0f};
+  d.test.images = torch::zeros({5, 1, 4, 4}, torch::kUInt8);
+  d.test.images.slice(0, 1, 3).fill_(255);  // samples 1 and 2 overflow
+  {
+    // The overflowing samples are labelled with what argmax would pick from their logits, so
+    // only the non-finite check keeps them from counting as correct.
+    torch::NoGradGuard no_grad;
+    net->eval();
+    const auto bad_logits = net->forward(torch::ones({1, 1, 4, 4}));
+    REQUIRE_FALSE(torch::isfinite(bad_logits).all().item<bool>());
+    const int64_t bad_pred = bad_logits.argmax(1).item<int64_t>();
+    d.test.labels = torch::tensor({int64_t{0}, bad_pred, bad_pred, int64_t{1}, int64_t{2}}, torch::kLong);
+  }
+  d.train = d.test;
+
+  const EvalResult r = evaluate(*net, d, d.test, torch::kCPU, /*batch_size=*/2);
+  CHECK(r.samples == 5);
+  CHECK(r.nonfinite == 2);
+  // By hand: the three zero inputs share one finite logit row.
+  torch::NoGradGuard no_grad;
+  net->eval();
+  const auto logits = net->forward(torch::zeros({1, 1, 4, 4}));
+  REQUIRE(torch::isfinite(logits).all().item<bool>());
+  const auto logp = torch::log_softmax(logits, 1)[0];
+  const double loss = -(logp[0].item<double>() + logp[1].item<double>() + logp[2].item<double>()) / 3.0;
+  CHECK(r.loss == Approx(loss).epsilon(1e-5));
+  const int64_t pred = logits.argmax(1).item<int64_t>();
+  const int64_t correct = (pred == 0) + (pred == 1) + (pred == 2);  // labels of samples 0, 3, 4
+  CHECK(r.accuracy == Approx(correct / 5.0));
+  CHECK(std::isfinite(r.loss));
+}
+
+TEST_CASE("result.json: the exported model's numbers for reductions, the best checkpoint's for baselines",
+          "[train]") {
+  RunResult r;
+  r.out_dir = "runs/x";
+  r.best_accuracy = 0.9;
+  r.final_accuracy = 0.89;
+  r.kept_relus = 1000;
+  r.total_relus = 18880;
+  r.seconds = 12.5;
+  r.completed = true;
+  Config c;
+  const nlohmann::json b = run_result_json(c, r);
+  CHECK(b.at("method") == "baseline");
+  CHECK(b.at("accuracy") == 0.9);
+  CHECK(b.at("checkpoint") == "checkpoints/best.pt");
+  c.method = "autorep";
+  c.search.budget = "5%";
+  r.summary = {{"path", "runs/x/export/mask.json"}, {"kept", 944}, {"accuracy", 0.88}};
+  const nlohmann::json a = run_result_json(c, r);
+  CHECK(a.at("method") == "autorep");
+  CHECK(a.at("budget") == "5%");
+  CHECK(a.at("relu_count") == 944);
+  CHECK(a.at("accuracy") == 0.88);
+  CHECK(a.at("best_accuracy") == 0.9);
+  CHECK(a.at("seconds") == 12.5);
+  CHECK(a.at("export_path") == "export/mask.json");
+}
+
+TEST_CASE("the spike guard judges losses against the running mean after its warm-up", "[train][spike]") {
+  SpikeGuard off(0.0);
+  CHECK_FALSE(off.enabled());
+  CHECK_FALSE(off.skip(1e9));
+
+  SpikeGuard g(10.0, /*warmup=*/4, /*decay=*/0.9, /*max_consecutive=*/3);
+  for (double l : {2.0, 1.0, 1.0, 100.0}) CHECK_FALSE(g.skip(l));  // the warm-up judges nothing
+  CHECK(g.mean() == Approx(26.0));                                    // plain mean of the warm-up
+  CHECK(g.skip(std::nan("")));                                        // not finite: always a spike
+  CHECK(g.skip(261.0));
+  CHECK_FALSE(g.diverged());
+  CHECK_FALSE(g.skip(259.0));  // just under 10 x 26; accepted, into the moving average
+  CHECK(g.mean() == Approx(26.0 + (259.0 - 26.0) / 5));  // still the plain mean: 5 < 1 / (1 - 0.9)
+  CHECK(g.consecutive() == 0);
+
+  const auto saved = g.state();
+  for (int i = 0; i < 3; ++i) CHECK(g.skip(1e9));
+  CHECK(g.diverged());
+  SpikeGuard h(10.0, 4, 0.9, 3);
+  h.load_state(saved);
+  CHECK(h.mean() == Approx(g.mean()));
+  CHECK_FALSE(h.diverged());
+  h.reset_mean();
+  CHECK(h.mean() == 0.0);
+  CHECK_FALSE(h.skip(1e6));  // a new phase warms up again
+}
+
+TEST_CASE("a batch-norm snapshot puts the running statistics back", "[train][spike]") {
+  torch::nn::Sequential net(torch::nn::Conv2d(torch::nn::Conv2dOptions(1, 4, 3)), torch::nn::BatchNorm2d(4));
+  net->train();
+  net->forward(torch::randn({8, 1, 6, 6}));
+  BatchNormSnapshot snap(*net);
+  snap.save();
+  std::vector<torch::Tensor> before;
+  for (const auto& b : net->buffers()) before.push_back(b.clone());
+  net->forward(1000 * torch::randn({8, 1, 6, 6}));
+  CHECK_FALSE(torch::equal(net->buffers()[0], before[0]));
+  snap.restore();
+  const auto after = net->buffers();
+  REQUIRE(after.size() == before.size());
+  for (size_t i = 0; i < before.size(); ++i) CHECK(torch::equal(after[i], before[i]));
+}
+
+TEST_CASE("an outlier batch is skipped and the run goes on, and is taken without the guard", "[train][spike]") {
+  if (!have_fashion_mnist()) return;
+  Config c = tiny_config();
+  c.train.epochs = 4;  // 8 steps per epoch; the guard judges from step 21
+  c.optim.grad_clip = 1.0;  // bounds the unguarded run's step on the outlier
+  c.train.skip_spikes = 10;
+  const auto a = fresh_dir("spike-guarded"), b = fresh_dir("spike-resumed"), u = fresh_dir("spike-unguarded");
+  RunOptions o;
+  o.quiet = true;
+  o.spike_at_step = 25;  // the 26th step, in epoch 4
+  o.out_dir = a.string();
+  REQUIRE(run_training(c, o).completed);
+  const auto ea = autorep::test::read_metrics(a, "epoch");
+  REQUIRE(ea.size() == 4);
+  CHECK(ea[2].at("skipped_steps") == 0);
+  CHECK(ea[3].at("skipped_steps") == 1);
+  CHECK(ea[3].at("train_loss").get<double>() < 5.0);  // the spike's loss is not in the mean
+  CHECK(autorep::test::read_text(a / "log.txt").find("step skipped") != std::string::npos);
+
+  // Interrupted after the skip: the guard's state travels in the checkpoint.
+  o.out_dir = b.string();
+  o.stop_after_steps = 27;
+  REQUIRE_FALSE(run_training(c, o).completed);
+  o.stop_after_steps = -1;
+  o.spike_at_step = -1;
+  o.resume = true;
+  REQUIRE(run_training(c, o).completed);
+  const auto eb = autorep::test::read_metrics(b, "epoch");
+  REQUIRE(eb.size() == 4);
+  CHECK(eb[3].at("skipped_steps") == 1);
+  CHECK(eb[3].at("train_loss").get<double>() == Approx(ea[3].at("train_loss").get<double>()).epsilon(1e-9));
+
+  c.train.skip_spikes = 0;
+  o = RunOptions{};
+  o.quiet = true;
+  o.spike_at_step = 25;
+  o.out_dir = u.string();
+  REQUIRE(run_training(c, o).completed);
+  const auto eu = autorep::test::read_metrics(u, "epoch");
+  CHECK(eu[3].at("skipped_steps") == 0);
+  CHECK(eu[3].at("train_loss").get<double>() > 1000.0);
+  fs::remove_all(a);
+  fs::remove_all(b);
+  fs::remove_all(u);
+}

@@ -1,0 +1,152 @@
+#include "trainer/app/bench_step.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <iomanip>
+#include <unistd.h>
+
+#include "layers/gate.h"
+#include "search/objective.h"
+#include "trainer/engine/config.h"
+#include "trainer/models/net.h"
+#include "trainer/engine/checkpoint.h"
+#include "trainer/engine/optim.h"
+#include "trainer/engine/spike_guard.h"
+#include "trainer/engine/step.h"
+#include "trainer/engine/loop.h"
+
+#include "layers/util/text.h"
+#include "trainer/data/dataset.h"
+#include "trainer/engine/config.h"
+#include "trainer/engine/device.h"
+#include "trainer/engine/evaluate.h"
+#include "trainer/engine/run_result.h"
+#include "trainer/methods/registry.h"
+#include "trainer/methods/run_config.h"
+#include "trainer/methods/run_model.h"
+#include "trainer/models/registry.h"
+
+namespace autorep::trainer::app {
+
+using namespace engine;
+using namespace methods;
+using namespace models;
+using data::DataOptions;
+using data::DataSplits;
+using data::load_dataset;
+using util::shape_text;
+using util::with_commas;
+
+namespace {
+
+namespace fs = std::filesystem;
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+void sync(const torch::Device& d) {
+  if (d.is_cuda()) torch::cuda::synchronize();
+}
+
+// A step as `autorep train` takes it for `config`'s method: the method's hooks, loss, optimiser
+// settings, gradient clipping and spike guard (engine::train_step).
+class MethodStep {
+ public:
+  MethodStep(const Config& config, const ModelSpec& spec, const torch::Device& device)
+      : config_(config), method_(make_method(config_)), guard_(config_.train.skip_spikes) {
+    ctx_.config = &config_;
+    ctx_.model = build_model(spec, method_->factory());
+    ctx_.model->to(device);
+    ctx_.device = device;
+    ctx_.steps_per_epoch = 1;
+    ctx_.log = [](const std::string&) {};
+    method_->prepare(ctx_, /*resuming=*/false);
+    phase_ = method_->phases().front();
+    method_->begin_phase(ctx_, phase_, /*resumed=*/false);
+    optimizer_ = make_optimizer(method_->param_groups(ctx_, phase_), phase_.optim);
+    ctx_.optimizer = optimizer_.get();
+    running_stats_ = std::make_unique<BatchNormSnapshot>(*ctx_.model);
+    ctx_.model->train();
+  }
+  models::NetImpl& model() { return *ctx_.model; }
+  const Phase& phase() const { return phase_; }
+  void step(const torch::Tensor& x, const torch::Tensor& y) {
+    const StepEnv env{&ctx_, method_.get(), &guard_, running_stats_.get(), x.size(0), nullptr, nullptr};
+    train_step(env, phase_, x, y, 0);
+  }
+
+ private:
+  Config config_;
+  std::unique_ptr<Method> method_;
+  TrainContext ctx_;
+  Phase phase_;
+  std::unique_ptr<torch::optim::Optimizer> optimizer_;
+  SpikeGuard guard_;
+  std::unique_ptr<BatchNormSnapshot> running_stats_;
+};
+
+}  // namespace
+
+int run_step_bench(const StepBenchOptions& o, std::ostream& out) {
+  const torch::Device device = resolve_device(o.device);
+  torch::manual_seed(0);
+  const ModelSpec spec{o.model, o.input, o.classes, true};
+
+  Config base;  // the shipped defaults of every key
+  base.method = "baseline";
+  base.model.name = o.model;
+  base.train.device = o.device;
+  MethodStep baseline(base, spec, device);
+
+  // The reduction run distils from a baseline checkpoint: this one is the baseline model itself.
+  const fs::path dir = fs::temp_directory_path() / ("autorep-bench-step-" + std::to_string(::getpid()));
+  const std::string teacher_path = (dir / "teacher.pt").string();
+  save_checkpoint(teacher_path, baseline.model(), nullptr, {to_json(base), {{"model_spec", spec_to_json(spec)}}});
+  Config red = base;
+  red.method = "autorep";
+  red.search.teacher = teacher_path;
+  red.search.kd.teacher_dtype = o.teacher_dtype;
+  std::unique_ptr<MethodStep> search;
+  try {
+    search = std::make_unique<MethodStep>(red, spec, device);
+  } catch (...) {
+    fs::remove_all(dir);
+    throw;
+  }
+  fs::remove_all(dir);
+
+  auto x = torch::randn({o.batch, o.input[0], o.input[1], o.input[2]}, device);
+  auto y = torch::randint(0, o.classes, {o.batch}, torch::TensorOptions().dtype(torch::kLong).device(device));
+  auto baseline_step = [&] { baseline.step(x, y); };
+  auto search_step = [&] { search->step(x, y); };
+
+  using Clock = std::chrono::steady_clock;
+  std::vector<double> tb, ts;
+  for (int i = 0; i < o.warmup + o.iters; ++i) {
+    for (int which = 0; which < 2; ++which) {
+      sync(device);
+      const auto t0 = Clock::now();
+      which == 0 ? baseline_step() : search_step();
+      sync(device);
+      const double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+      if (i >= o.warmup) (which == 0 ? tb : ts).push_back(ms);
+    }
+  }
+  const double b = median(tb), s = median(ts);
+  out << "bench step: " << o.model << " input " << o.input[0] << "x" << o.input[1] << "x" << o.input[2] << " batch "
+      << o.batch << " on " << device.str() << ", " << torch::get_num_threads() << " threads, teacher "
+      << o.teacher_dtype << ", median of " << o.iters << "\n";
+  out << std::fixed << std::setprecision(1) << "  baseline step (method baseline, " << baseline.phase().optim.name
+      << "):  " << b << " ms\n"
+      << "  search step (method autorep, " << search->phase().optim.name
+      << ", the step autorep train takes): " << s << " ms\n";
+  out << std::setprecision(3) << "search_over_baseline=" << s / b << "\n";
+  return 0;
+}
+
+}  // namespace autorep::trainer::app

@@ -1,0 +1,114 @@
+#include <CLI/CLI.hpp>
+#include <torch/torch.h>
+
+#include <iostream>
+#include <memory>
+#include <sstream>
+
+#include "layers/bench_gate.h"
+#include "trainer/app/bench_step.h"
+#include "trainer/app/commands.h"
+#include "trainer/models/net.h"
+#include "trainer/engine/loop.h"
+
+#include "layers/util/text.h"
+#include "trainer/data/dataset.h"
+#include "trainer/engine/config.h"
+#include "trainer/engine/device.h"
+#include "trainer/engine/evaluate.h"
+#include "trainer/engine/run_result.h"
+#include "trainer/methods/registry.h"
+#include "trainer/methods/run_config.h"
+#include "trainer/methods/run_model.h"
+#include "trainer/models/registry.h"
+
+namespace autorep::trainer::app {
+
+using namespace engine;
+using namespace methods;
+using namespace models;
+using data::DataOptions;
+using data::DataSplits;
+using data::load_dataset;
+using util::shape_text;
+using util::with_commas;
+
+namespace {
+
+std::vector<int64_t> parse_list(const std::string& text, char sep, const std::string& what) {
+  std::vector<int64_t> v;
+  std::stringstream ss(text);
+  std::string part;
+  while (std::getline(ss, part, sep)) {
+    try {
+      size_t used = 0;
+      const long long x = std::stoll(part, &used);
+      if (used != part.size() || x <= 0) throw std::invalid_argument(part);
+      v.push_back(x);
+    } catch (const std::exception&) {
+      throw std::runtime_error(what + " \"" + text + "\": expected positive integers separated by '" + sep + "'");
+    }
+  }
+  return v;
+}
+
+}  // namespace
+
+void add_bench_commands(CLI::App& app, Commands& out) {
+  auto* bench = app.add_subcommand("bench", "Speed measurements, reported as ratios measured in one run");
+  bench->require_subcommand(1);
+
+  struct GateArgs {
+    std::string shape = "64,64,28,28", device = "cpu", granularity = "pixel";
+    int64_t threads = 0;
+    int iters = 20;
+  };
+  auto ga = std::make_shared<GateArgs>();
+  auto* gate = bench->add_subcommand("gate", "Fused gate vs plain ReLU vs composite gate, forward+backward");
+  gate->add_option("--shape", ga->shape, "Input N,C,H,W or N,F (default 64,64,28,28)");
+  gate->add_option("--device", ga->device, "cpu | cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  gate->add_option("--granularity", ga->granularity, "pixel | channel | layer")
+      ->check(CLI::IsMember({"pixel", "channel", "layer"}));
+  gate->add_option("--threads", ga->threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  gate->add_option("--iters", ga->iters, "Timed iterations per variant (default 20)")->check(CLI::PositiveNumber);
+  out.push_back({gate, [ga] {
+                   configure_threads(ga->threads);
+                   layers::GateBenchOptions o;
+                   o.shape = parse_list(ga->shape, ',', "--shape");
+                   o.device = ga->device;
+                   o.granularity = ga->granularity;
+                   o.iters = ga->iters;
+                   return layers::run_gate_bench(o, std::cout);
+                 }});
+
+  struct StepArgs {
+    std::string model = "resnet20", input = "1x28x28", device = "cpu";
+    int64_t batch = 128, threads = 0;
+    int iters = 10;
+    std::string teacher_dtype = "float32";
+  };
+  auto sa = std::make_shared<StepArgs>();
+  auto* step = bench->add_subcommand("step", "Baseline training step vs search step on the same model and batch");
+  step->add_option("--model", sa->model, "Model (default resnet20)");
+  step->add_option("--input", sa->input, "Input CxHxW (default 1x28x28)");
+  step->add_option("--batch", sa->batch, "Batch size (default 128)")->check(CLI::PositiveNumber);
+  step->add_option("--device", sa->device, "cpu | cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  step->add_option("--threads", sa->threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  step->add_option("--teacher-dtype", sa->teacher_dtype,
+                   "Precision of the search step's teacher forward (search.kd.teacher_dtype; default float32)")
+      ->check(CLI::IsMember({"float32", "bfloat16"}));
+  step->add_option("--iters", sa->iters, "Timed iterations per step kind (default 10)")->check(CLI::PositiveNumber);
+  out.push_back({step, [sa] {
+                   configure_threads(sa->threads);
+                   StepBenchOptions o;
+                   o.model = sa->model;
+                   o.input = parse_shape(sa->input);
+                   o.batch = sa->batch;
+                   o.device = sa->device;
+                   o.iters = sa->iters;
+                   o.teacher_dtype = sa->teacher_dtype;
+                   return run_step_bench(o, std::cout);
+                 }});
+}
+
+}  // namespace autorep::trainer::app

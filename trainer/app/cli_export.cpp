@@ -1,0 +1,234 @@
+// `autorep export | inspect | verify`: the export format of docs/export-format.md.
+#include <CLI/CLI.hpp>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <iomanip>
+#include <iostream>
+#include <memory>
+#include <sstream>
+
+#include "search/export/cost.h"
+#include "search/export/relu_mask.h"
+#include "trainer/app/commands.h"
+#include "trainer/app/export_run.h"
+#include "trainer/engine/loop.h"
+
+#include "layers/util/text.h"
+#include "trainer/data/dataset.h"
+#include "trainer/engine/config.h"
+#include "trainer/engine/device.h"
+#include "trainer/engine/evaluate.h"
+#include "trainer/engine/run_result.h"
+#include "trainer/methods/registry.h"
+#include "trainer/methods/run_config.h"
+#include "trainer/methods/run_model.h"
+#include "trainer/models/registry.h"
+
+namespace autorep::trainer::app {
+
+using namespace engine;
+using namespace methods;
+using namespace models;
+using data::DataOptions;
+using data::DataSplits;
+using data::load_dataset;
+using util::shape_text;
+using util::with_commas;
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string bytes_text(double b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (std::abs(b) >= 1024.0 && u < 4) {
+    b /= 1024.0;
+    ++u;
+  }
+  std::ostringstream o;
+  o << std::fixed << std::setprecision(u == 0 ? 0 : 2) << b << " " << units[u];
+  return o.str();
+}
+
+std::string ratio_text(const exports::ExportJson& v) {
+  if (v.is_null()) return "inf";
+  std::ostringstream o;
+  o << std::fixed << std::setprecision(2) << v.get<double>() << "x";
+  return o.str();
+}
+
+std::string range_text(const std::vector<double>& v) {
+  if (v.empty()) return "-";
+  const auto [lo, hi] = std::minmax_element(v.begin(), v.end());
+  std::ostringstream o;
+  o << std::setprecision(3) << *lo;
+  if (*hi != *lo) o << ".." << std::setprecision(3) << *hi;
+  return o.str();
+}
+
+int cmd_export(const std::string& run, const std::string& checkpoint_arg, std::string out, const std::string& cost_table,
+               bool no_eval, const std::string& device, int64_t threads) {
+  configure_threads(threads < 0 ? 0 : threads);
+  std::string checkpoint = checkpoint_arg;
+  if (!run.empty()) {
+    checkpoint = run_checkpoint(run);
+    if (out.empty()) out = (fs::path(run) / "export" / "mask.json").string();
+  }
+  if (checkpoint.empty()) throw std::runtime_error("export: give --run DIR or --checkpoint FILE");
+  if (out.empty()) throw std::runtime_error("export: --out is required with --checkpoint");
+  ExportOptions opts;
+  opts.cost_table = cost_table;
+  opts.evaluate = !no_eval;
+  opts.device = device;
+  const nlohmann::json s = export_checkpoint(checkpoint, out, opts);
+  std::cout << "exported " << checkpoint << " -> " << out << ": kept " << with_commas(s["kept"].get<int64_t>()) << " / "
+            << with_commas(s["total"].get<int64_t>()) << " ReLUs";
+  if (!s["target"].is_null()) std::cout << " (budget " << with_commas(s["target"].get<int64_t>()) << ")";
+  if (!s["accuracy"].is_null())
+    std::cout << ", test accuracy " << std::fixed << std::setprecision(2) << 100.0 * s["accuracy"].get<double>() << "%";
+  std::cout << ", " << s["granularity"].get<std::string>() << " granularity, estimated communication reduction "
+            << ratio_text(exports::ExportJson(s["reduction"])) << "\n";
+  return 0;
+}
+
+int cmd_inspect(const std::string& path, const std::string& cost_table) {
+  const exports::MaskExport ex = exports::read_export(path);
+  const exports::CostTable table = cost_table.empty() ? exports::export_cost_table(ex) : exports::load_cost_table(cost_table);
+  const exports::ExportJson cost = exports::cost_section(ex, table);
+  const auto& doc = ex.doc;
+  const auto& model = doc["model"];
+  std::cout << path << ": " << doc["format"].get<std::string>() << " v" << doc["version"].get<int64_t>() << " ("
+            << doc["producer"].get<std::string>() << ")\n";
+  std::cout << "model " << model["arch"].get<std::string>() << " "
+            << shape_text(model["input_shape"].get<std::vector<int64_t>>()) << ", " << model["classes"].get<int64_t>()
+            << " classes; data " << (doc["dataset"].is_null() ? "?" : doc["dataset"].get<std::string>()) << "; method "
+            << doc["method"].get<std::string>() << "; granularity " << ex.granularity << "; polynomial degree "
+            << ex.degree << " (effective coefficients: c0 + c1*x + c2*x^2)\n\n";
+
+  size_t wname = 4;
+  for (const auto& s : ex.sites) wname = std::max(wname, s.name.size());
+  const int wn = static_cast<int>(wname);
+  std::cout << std::left << std::setw(wn) << "site" << "  " << std::setw(12) << "shape" << std::right << std::setw(11)
+            << "kept" << std::setw(11) << "total" << std::setw(8) << "kept%" << "  " << std::left << std::setw(10)
+            << "decision" << std::setw(20) << "c0" << std::setw(20) << "c1" << std::setw(20) << "c2" << std::right
+            << std::setw(12) << "offline" << std::setw(12) << "online" << "\n";
+  for (size_t i = 0; i < ex.sites.size(); ++i) {
+    const auto& s = ex.sites[i];
+    const auto& c = cost["sites"][i];
+    const bool poly = s.decision != "relu" && s.has_coefficients;
+    std::ostringstream pct;
+    pct << std::fixed << std::setprecision(2) << (s.total > 0 ? 100.0 * s.kept / s.total : 0.0);
+    std::cout << std::left << std::setw(wn) << s.name << "  " << std::setw(12) << shape_text(s.shape) << std::right
+              << std::setw(11) << with_commas(s.kept) << std::setw(11) << with_commas(s.total) << std::setw(8)
+              << pct.str() << "  " << std::left << std::setw(10) << s.decision << std::setw(20)
+              << (poly ? range_text(s.c0) : "-") << std::setw(20) << (poly ? range_text(s.c1) : "-") << std::setw(20)
+              << (poly ? range_text(s.c2) : "-") << std::right << std::setw(12)
+              << bytes_text(c["offline_bytes"].get<double>()) << std::setw(12)
+              << bytes_text(c["online_bytes"].get<double>()) << "\n";
+  }
+  const auto& before = cost["before"];
+  const auto& after = cost["after"];
+  std::ostringstream pct;
+  pct << std::fixed << std::setprecision(2) << (ex.total > 0 ? 100.0 * ex.kept / ex.total : 0.0);
+  std::cout << "\n" << ex.sites.size() << " sites; kept " << with_commas(ex.kept) << " / " << with_commas(ex.total)
+            << " ReLUs (" << pct.str() << "%)";
+  if (ex.budget_target) std::cout << ", budget " << with_commas(*ex.budget_target);
+  const auto& acc = doc["accuracy"];
+  if (!acc["test"].is_null())
+    std::cout << "; test accuracy " << std::fixed << std::setprecision(2) << 100.0 * acc["test"].get<double>() << "%"
+              << (acc.contains("source") ? " (" + acc["source"].get<std::string>() + ")" : std::string());
+  std::cout << "\ncost (table " << table.name << "): before offline " << bytes_text(before["offline_bytes"].get<double>())
+            << ", online " << bytes_text(before["online_bytes"].get<double>()) << "; after offline "
+            << bytes_text(after["offline_bytes"].get<double>()) << ", online "
+            << bytes_text(after["online_bytes"].get<double>()) << " (" << with_commas(after["relus"].get<int64_t>())
+            << " ReLUs, " << with_commas(after["multiplications"].get<int64_t>()) << " multiplications)\n";
+  std::cout << "reduction " << ratio_text(cost["reduction"]["total"]) << " (offline "
+            << ratio_text(cost["reduction"]["offline"]) << ", online " << ratio_text(cost["reduction"]["online"])
+            << ")\n";
+  std::cout << "kept=" << ex.kept << " total=" << ex.total << " before_bytes="
+            << std::llround(before["offline_bytes"].get<double>() + before["online_bytes"].get<double>())
+            << " after_bytes=" << std::llround(after["offline_bytes"].get<double>() + after["online_bytes"].get<double>())
+            << "\n";
+  return 0;
+}
+
+int cmd_verify(const std::string& export_path, const std::string& checkpoint, const VerifyOptions& opts, int64_t threads) {
+  configure_threads(threads < 0 ? 0 : threads);
+  const VerifyResult r = verify_export(export_path, checkpoint, opts);
+  for (const auto& n : r.notes) std::cout << "note: " << n << "\n";
+  if (r.max_abs_diff >= 0)
+    std::cout << "max abs logit difference " << std::scientific << std::setprecision(3) << r.max_abs_diff << " on "
+              << r.samples << " test images (tolerance " << opts.tolerance << "); " << r.mask_mismatches
+              << " mask entries differ from the checkpoint\n"
+              << std::defaultfloat;
+  if (r.accuracy)
+    std::cout << "test accuracy of the rebuilt model " << std::fixed << std::setprecision(2) << 100.0 * *r.accuracy
+              << "%\n";
+  if (r.ok) {
+    std::cout << "verify: OK: " << export_path << " reproduces " << checkpoint << "\n";
+    return 0;
+  }
+  std::cout << "verify: FAILED: " << export_path << " does not reproduce " << checkpoint << "\n";
+  for (const auto& p : r.problems) std::cout << "  - " << p << "\n";
+  return 1;
+}
+
+}  // namespace
+
+void add_export_commands(CLI::App& app, Commands& out) {
+  struct ExportArgs {
+    std::string run, checkpoint, out, cost_table, device = "cpu";
+    bool no_eval = false;
+    int64_t threads = -1;
+  };
+  auto ea = std::make_shared<ExportArgs>();
+  auto* ex = app.add_subcommand("export", "Write the autorep.relu-mask JSON export of a run or checkpoint");
+  auto* run = ex->add_option("--run", ea->run, "Run directory (uses checkpoints/best.pt, else last.pt)");
+  auto* ck = ex->add_option("--checkpoint", ea->checkpoint, "Checkpoint file (.pt)");
+  run->excludes(ck);
+  ck->excludes(run);
+  ex->add_option("--out,-o", ea->out, "Export file (default with --run: DIR/export/mask.json)");
+  ex->add_option("--cost-table", ea->cost_table, "Per-operation cost table JSON (default: configs/cost-delphi.json, built in)");
+  ex->add_flag("--no-eval", ea->no_eval, "Do not evaluate accuracy when the run's metrics do not record it");
+  ex->add_option("--device", ea->device, "Device for that evaluation: auto | cpu | cuda")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
+  ex->add_option("--threads", ea->threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  out.push_back({ex, [ea] {
+                   return cmd_export(ea->run, ea->checkpoint, ea->out, ea->cost_table, ea->no_eval, ea->device,
+                                     ea->threads);
+                 }});
+
+  struct InspectArgs {
+    std::string path, cost_table;
+  };
+  auto ia = std::make_shared<InspectArgs>();
+  auto* in = app.add_subcommand("inspect", "Per-site table of an export: shape, kept, kept %, coefficients, cost");
+  in->add_option("export", ia->path, "Export file (mask.json)")->required();
+  in->add_option("--cost-table", ia->cost_table, "Estimate with this cost table instead of the export's own");
+  out.push_back({in, [ia] { return cmd_inspect(ia->path, ia->cost_table); }});
+
+  struct VerifyArgs {
+    std::string export_path, checkpoint;
+    VerifyOptions opts;
+    int64_t threads = -1;
+  };
+  auto va = std::make_shared<VerifyArgs>();
+  auto* ve = app.add_subcommand(
+      "verify", "Check that a checkpoint rebuilt with the export's masks and coefficients reproduces its logits");
+  ve->add_option("--export", va->export_path, "Export file (mask.json)")->required();
+  ve->add_option("--checkpoint", va->checkpoint, "The checkpoint the export was made from (.pt)")->required();
+  ve->add_option("--batch", va->opts.batch, "Compare logits on the first N test images (default 256)")
+      ->check(CLI::PositiveNumber);
+  ve->add_flag("--eval", va->opts.eval, "Also evaluate the test accuracy of the rebuilt model");
+  ve->add_option("--tolerance", va->opts.tolerance, "Max abs logit difference accepted (default 1e-5)");
+  ve->add_option("--device", va->opts.device, "auto | cpu | cuda (default cpu)")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
+  ve->add_option("--data", va->opts.data_path, "Folder of the data set (default: the checkpoint config's)");
+  ve->add_option("--threads", va->threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  out.push_back({ve, [va] { return cmd_verify(va->export_path, va->checkpoint, va->opts, va->threads); }});
+}
+
+}  // namespace autorep::trainer::app

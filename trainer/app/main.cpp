@@ -1,0 +1,51 @@
+// The `autorep` command line: one executable, one subcommand per job.
+#include <CLI/CLI.hpp>
+#include <torch/torch.h>
+
+#include <malloc.h>
+
+#include <iostream>
+
+#include "trainer/app/commands.h"
+#include "trainer/engine/distributed.h"
+
+namespace {
+// In a multi-process run every rank may report an error; each says which rank it is.
+std::string error_prefix() {
+  const auto* g = autorep::trainer::engine::dist::current();
+  return g == nullptr ? "autorep: error: " : "autorep (rank " + std::to_string(g->rank()) + "): error: ";
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace autorep::trainer::app;
+  // Training allocates and frees the same large activation buffers every step; glibc's defaults
+  // return them to the system and page-fault them back in each time.
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  CLI::App app{"autorep: learn which ReLUs a CNN keeps under a ReLU budget, replace the rest by polynomials, "
+               "and export masks for private inference"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", std::string("autorep ") + AUTOREP_VERSION);
+  Commands commands;
+  add_training_commands(app, commands);
+  add_export_commands(app, commands);
+  add_sweep_commands(app, commands);
+  add_bench_commands(app, commands);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    for (const auto& c : commands)
+      if (c.app->parsed()) return c.run();
+  } catch (const c10::Error& e) {
+    std::cerr << error_prefix() << e.what_without_backtrace() << std::endl;
+    return 1;
+  } catch (const std::exception& e) {
+    std::cerr << error_prefix() << e.what() << std::endl;
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,55 @@
+#include "trainer/app/run.h"
+
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+
+#include "trainer/app/export_run.h"
+#include "trainer/engine/distributed.h"
+#include "trainer/engine/run_result.h"
+#include "trainer/methods/registry.h"
+#include "trainer/methods/run_model.h"
+
+#include "layers/util/text.h"
+#include "trainer/data/dataset.h"
+#include "trainer/engine/config.h"
+#include "trainer/engine/device.h"
+#include "trainer/engine/evaluate.h"
+#include "trainer/engine/run_result.h"
+#include "trainer/methods/registry.h"
+#include "trainer/methods/run_config.h"
+#include "trainer/methods/run_model.h"
+#include "trainer/models/registry.h"
+
+namespace autorep::trainer::app {
+
+using namespace engine;
+using namespace methods;
+using namespace models;
+using data::DataOptions;
+using data::DataSplits;
+using data::load_dataset;
+using util::shape_text;
+using util::with_commas;
+
+engine::RunResult train_run(const engine::Config& config, const engine::RunOptions& options) {
+  engine::RunResult r = methods::train(config, options);
+  if (!r.completed) return r;
+  if (engine::dist::is_primary()) {
+    if (methods::find_method(config.method).reduces) {
+      const std::string path = (std::filesystem::path(r.out_dir) / "export" / "mask.json").string();
+      r.summary = export_checkpoint(r.best_checkpoint, path);
+      const std::string line = "export: " + path + " (" + std::to_string(r.summary.value("kept", int64_t{0})) +
+                               " of " + std::to_string(r.summary.value("total", int64_t{0})) + " ReLUs kept, budget " +
+                               r.summary.value("target", nlohmann::json()).dump() + ")";
+      std::ofstream(std::filesystem::path(r.out_dir) / "log.txt", std::ios::app) << line << "\n";
+      if (!options.quiet) std::cerr << line << std::endl;
+    }
+    engine::write_run_result(config, r);
+  }
+  // The other processes wait until rank 0's files (export, result.json) are complete.
+  engine::dist::barrier();
+  return r;
+}
+
+}  // namespace autorep::trainer::app

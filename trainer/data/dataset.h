@@ -1,0 +1,77 @@
+#pragma once
+/// Data sets held in memory: Fashion-MNIST / MNIST (IDX, gzip read directly), CIFAR-10/100
+/// binary batches, and image folders in the Tiny-ImageNet layout. Batches are drawn in a seeded
+/// order with seeded augmentation, so a run (and a resumed run) sees exactly the same batches.
+
+#include <torch/types.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace autorep::trainer::data {
+
+/// The `data` config section.
+struct DataOptions {
+  std::string name = "fashion-mnist";  ///< fashion-mnist | mnist | cifar10 | cifar100 | image-folder
+  std::string path;                    ///< folder holding the data set's files ("" = the default for `name`)
+  int64_t batch_size = 128;
+  int64_t eval_batch_size = 500;
+  int64_t crop_padding = -1;  ///< random crop with this zero padding; -1 = data set default, 0 = off
+  int flip = -1;              ///< horizontal flip: -1 = data set default (off for digits), 0 off, 1 on
+  int64_t image_size = 0;     ///< image-folder only: resize side (0 = keep; all images must agree)
+  int64_t limit_train = 0;    ///< use only the first N training samples (0 = all)
+  int64_t limit_test = 0;     ///< use only the first N test samples (0 = all)
+};
+
+/// One split of a data set, held in memory.
+struct Dataset {
+  torch::Tensor images;  ///< uint8, N x C x H x W
+  torch::Tensor labels;  ///< int64, N
+  int64_t size() const { return labels.defined() ? labels.size(0) : 0; }
+};
+
+/// Both splits plus what a model and the batch pipeline need to know.
+struct DataSplits {
+  std::string name;
+  Dataset train;
+  Dataset test;
+  int64_t classes = 0;
+  std::vector<int64_t> input_shape;  ///< C, H, W
+  std::vector<float> mean;           ///< per channel, in [0,1] pixel units
+  std::vector<float> std;
+  int64_t crop_padding = 0;  ///< resolved augmentation
+  bool flip = false;
+};
+
+/// Default data folder for a data set name (e.g. /usr/share/datasets/fashion-mnist).
+std::string default_data_path(const std::string& name);
+/// The data set names `load_dataset` knows.
+std::vector<std::string> dataset_names();
+
+/// Loads both splits. Throws std::runtime_error naming the file and what is wrong for a
+/// missing, truncated, corrupt or wrong-magic file. Image folders are stored class-interleaved
+/// (round robin over the sorted class names, files sorted within a class), so `limit_*` keeps
+/// every class; their mean/std are computed from the training images loaded.
+DataSplits load_dataset(const DataOptions& options);
+
+/// Reads an IDX image file (magic 2051, unsigned bytes, 3 dimensions), gzip-compressed or plain
+/// (zlib reads both): uint8 N x 1 x H x W. Throws naming the file for a missing file, bad magic,
+/// implausible dimensions, a corrupt gzip stream, or data shorter or longer than the header says.
+torch::Tensor read_idx_images(const std::string& file);
+/// Reads an IDX label file (magic 2049, unsigned bytes, 1 dimension): int64 N, each checked to be
+/// in [0, classes).
+torch::Tensor read_idx_labels(const std::string& file, int64_t classes);
+
+/// Seeded permutation of [0, n) for one epoch: depends only on (seed, epoch).
+torch::Tensor epoch_order(int64_t n, uint64_t seed, int64_t epoch);
+
+/// Builds a normalised float batch (B x C x H x W) from the samples at `indices`.
+/// When `train` is true, applies the split's random crop / flip, drawn per sample from
+/// (`augment_seed`, the sample's position in the whole batch): the same seed gives the same
+/// batch, and a process holding positions [first_position, ...) of a batch split across
+/// processes gets exactly those samples of the whole batch.
+torch::Tensor make_batch(const DataSplits& data, const Dataset& split, const torch::Tensor& indices,
+                         bool train, uint64_t augment_seed, int64_t first_position = 0);
+
+}  // namespace autorep::trainer::data

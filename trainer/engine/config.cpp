@@ -1,0 +1,270 @@
+#include "trainer/engine/config.h"
+
+#include <algorithm>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+
+#include "layers/gate_options_json.h"
+#include "layers/util/json_check.h"
+#include "trainer/models/registry.h"
+
+namespace autorep::trainer::data {
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(DataOptions, name, path, batch_size, eval_batch_size,
+                                                crop_padding, flip, image_size, limit_train, limit_test)
+}  // namespace autorep::trainer::data
+
+namespace autorep::trainer::engine {
+
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(ModelOptions, name, stem_relu)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(OptimOptions, name, lr, momentum, nesterov, weight_decay,
+                                                beta1, beta2, schedule, warmup_epochs, min_lr,
+                                                grad_clip)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(KdConfig, temperature, weight, teacher_dtype)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(TrainOptions, epochs, seed, label_smoothing, threads, device,
+                                                checkpoint_interval_s, log_every, eval_every, skip_spikes)
+
+namespace {
+
+using util::json_fail;
+
+const std::vector<std::string> kSearchKeys = {"budget",       "teacher",        "search_epochs", "aux_lr",
+                                              "search_optim", "finetune_optim", "kd"};
+
+}  // namespace
+
+// The `search` section is flat in the file: the shared keys and every method's own keys.
+void to_json(nlohmann::json& j, const SearchOptions& s) {
+  j = s.method_keys.is_object() ? s.method_keys : nlohmann::json::object();
+  j["budget"] = s.budget;
+  j["teacher"] = s.teacher;
+  j["search_epochs"] = s.search_epochs;
+  j["aux_lr"] = s.aux_lr;
+  j["search_optim"] = s.search_optim;
+  j["finetune_optim"] = s.finetune_optim;
+  j["kd"] = s.kd;
+}
+
+void from_json(const nlohmann::json& j, SearchOptions& s) {
+  const SearchOptions d;
+  s.budget = j.value("budget", nlohmann::json(d.budget)).get<search::Budget>();
+  s.teacher = j.value("teacher", d.teacher);
+  s.search_epochs = j.value("search_epochs", d.search_epochs);
+  s.aux_lr = j.value("aux_lr", d.aux_lr);
+  s.search_optim = j.value("search_optim", d.search_optim);
+  s.finetune_optim = j.value("finetune_optim", d.finetune_optim);
+  s.kd = j.value("kd", d.kd);
+  s.method_keys = nlohmann::json::object();
+  for (auto it = j.begin(); it != j.end(); ++it)
+    if (std::find(kSearchKeys.begin(), kSearchKeys.end(), it.key()) == kSearchKeys.end())
+      s.method_keys[it.key()] = it.value();
+}
+
+void to_json(nlohmann::json& j, const Config& c) {
+  j = {{"method", c.method}, {"data", c.data},     {"model", c.model}, {"gate", c.gate},
+       {"search", c.search}, {"optim", c.optim}, {"train", c.train}};
+}
+
+void from_json(const nlohmann::json& j, Config& c) {
+  const Config d;
+  c.method = j.value("method", d.method);
+  c.data = j.value("data", d.data);
+  c.model = j.value("model", d.model);
+  c.gate = d.gate;
+  if (j.contains("gate")) layers::from_json(j.at("gate"), c.gate);
+  c.search = j.value("search", d.search);
+  c.optim = j.value("optim", d.optim);
+  c.train = j.value("train", d.train);
+}
+
+std::vector<std::string> ConfigSchema::method_names() const {
+  std::vector<std::string> names;
+  for (const auto& m : methods) names.push_back(m.name);
+  return names;
+}
+
+const MethodSchema* ConfigSchema::find(const std::string& name) const {
+  for (const auto& m : methods)
+    if (m.name == name) return &m;
+  return nullptr;
+}
+
+namespace {
+
+// Merges `user` into `base` (the defaults), refusing keys that base does not have and values whose
+// type does not match the default's. Keys starting with '_' are comments and are ignored.
+void merge_checked(nlohmann::json& base, const nlohmann::json& user, const std::string& path,
+                   const std::string& source) {
+  if (!user.is_object())
+    json_fail(source, path.empty() ? "(top level)" : path, "expected an object, got " + user.dump());
+  for (auto it = user.begin(); it != user.end(); ++it) {
+    const std::string& key = it.key();
+    if (util::is_comment_key(key)) continue;
+    const std::string p = util::key_path(path, key);
+    if (!base.contains(key))
+      json_fail(source, p, "unknown key (valid keys" + (path.empty() ? std::string() : " in " + path) + ": " +
+                               util::keys_of(base) + ")");
+    nlohmann::json& b = base[key];
+    const nlohmann::json& v = it.value();
+    if (p == "search.budget") {
+      if (!(v.is_number_integer() || v.is_number_unsigned() || v.is_string()))
+        json_fail(source, p, "expected a ReLU count (integer) or a percentage string like \"3%\", got " + v.dump());
+      b = v;
+      continue;
+    }
+    if (b.is_object()) {
+      merge_checked(b, v, p, source);
+      continue;
+    }
+    bool ok = false;
+    if (b.is_boolean()) ok = v.is_boolean();
+    else if (b.is_number_integer() || b.is_number_unsigned()) ok = v.is_number_integer() || v.is_number_unsigned();
+    else if (b.is_number()) ok = v.is_number();
+    else if (b.is_string()) ok = v.is_string();
+    if (!ok) json_fail(source, p, "expected " + util::json_type_name(b) + ", got " + v.dump());
+    if ((b.is_number_unsigned()) && v.is_number_integer() && v.get<int64_t>() < 0)
+      json_fail(source, p, "expected a non-negative integer, got " + v.dump());
+    b = v;
+  }
+}
+
+void check_positive(const std::string& source, const std::string& path, double v) {
+  if (!(v > 0)) json_fail(source, path, "expected a positive value, got " + std::to_string(v));
+}
+
+void check_optim(const std::string& source, const std::string& path, const OptimOptions& o) {
+  util::check_one_of(source, path + ".name", o.name, {"sgd", "adam"});
+  util::check_one_of(source, path + ".schedule", o.schedule, {"cosine", "constant"});
+  check_positive(source, path + ".lr", o.lr);
+  if (o.weight_decay < 0) json_fail(source, path + ".weight_decay", "must be >= 0");
+  if (o.warmup_epochs < 0) json_fail(source, path + ".warmup_epochs", "must be >= 0");
+  if (o.grad_clip < 0) json_fail(source, path + ".grad_clip", "must be >= 0 (0 turns clipping off)");
+}
+
+// Checks on the merged JSON that must come before it is read into typed values.
+void validate_json(const nlohmann::json& merged, const std::string& source) {
+  util::check_one_of(source, "gate.granularity", merged.at("gate").at("granularity").get<std::string>(),
+                     layers::granularity_names());
+  try {
+    search::Budget::parse(merged.at("search").at("budget"));
+  } catch (const std::exception& e) {
+    throw std::runtime_error(source + ": " + e.what());
+  }
+}
+
+void validate(const Config& c, const ConfigSchema& schema, const std::string& source) {
+  util::check_one_of(source, "method", c.method, schema.method_names());
+  util::check_one_of(source, "model.name", c.model.name, models::model_names());
+  util::check_one_of(source, "data.name", c.data.name, data::dataset_names());
+  if (c.data.batch_size <= 0) json_fail(source, "data.batch_size", "must be positive");
+  if (c.data.eval_batch_size <= 0) json_fail(source, "data.eval_batch_size", "must be positive");
+  check_optim(source, "optim", c.optim);
+  check_optim(source, "search.search_optim", c.search.search_optim);
+  check_optim(source, "search.finetune_optim", c.search.finetune_optim);
+  if (c.gate.degree() != 1 && c.gate.degree() != 2) json_fail(source, "gate.degree", "expected 1 or 2");
+  util::check_one_of(source, "gate.dapa.sigma", c.gate.dapa().sigma(), {"std", "var"});
+  util::check_one_of(source, "train.device", c.train.device, {"auto", "cpu", "cuda"});
+  if (c.train.epochs <= 0) json_fail(source, "train.epochs", "must be positive");
+  if (c.train.threads < 0) json_fail(source, "train.threads", "must be >= 0");
+  if (c.train.label_smoothing < 0 || c.train.label_smoothing >= 1)
+    json_fail(source, "train.label_smoothing", "must be in [0, 1)");
+  if (c.train.skip_spikes != 0 && !(c.train.skip_spikes > 1))
+    json_fail(source, "train.skip_spikes", "must be 0 (off) or a factor > 1");
+  if (c.search.kd.temperature <= 0) json_fail(source, "search.kd.temperature", "must be positive");
+  util::check_one_of(source, "search.kd.teacher_dtype", c.search.kd.teacher_dtype, {"float32", "bfloat16"});
+  const MethodSchema* method = schema.find(c.method);
+  const bool uses_search =
+      std::find(method->unused_keys.begin(), method->unused_keys.end(), "search") == method->unused_keys.end();
+  if (uses_search && c.search.search_epochs > c.train.epochs)
+    json_fail(source, "search.search_epochs", "must not exceed train.epochs (" + std::to_string(c.train.epochs) + ")");
+  for (const auto& m : schema.methods)
+    if (m.validate) m.validate(c, source);
+}
+
+// Removes a dotted key path from a JSON object (nothing when it is absent).
+void erase_path(nlohmann::json& j, const std::string& path) {
+  const auto dot = path.find('.');
+  if (!j.is_object()) return;
+  if (dot == std::string::npos) {
+    j.erase(path);
+    return;
+  }
+  const std::string head = path.substr(0, dot);
+  if (j.contains(head)) erase_path(j[head], path.substr(dot + 1));
+}
+
+}  // namespace
+
+nlohmann::json config_defaults(const ConfigSchema& schema) {
+  nlohmann::json d = Config{};
+  for (const auto& m : schema.methods)
+    for (auto it = m.search_keys.begin(); it != m.search_keys.end(); ++it) d["search"][it.key()] = it.value();
+  return d;
+}
+
+nlohmann::json to_json(const Config& config) { return config; }
+
+Config config_from_json(const nlohmann::json& user, const ConfigSchema& schema, const std::string& source) {
+  nlohmann::json merged = config_defaults(schema);
+  merge_checked(merged, user, "", source);
+  validate_json(merged, source);
+  Config c = merged.get<Config>();
+  validate(c, schema, source);
+  return c;
+}
+
+nlohmann::json comparable_config(const nlohmann::json& config_json, const ConfigSchema& schema,
+                                 const std::string& source) {
+  nlohmann::json out = config_json;
+  try {
+    out = to_json(config_from_json(config_json, schema, source));
+  } catch (const std::exception&) {
+  }
+  if (out.contains("train"))
+    for (const char* k : {"threads", "device", "checkpoint_interval_s", "log_every"}) out["train"].erase(k);
+  if (const MethodSchema* m = schema.find(out.value("method", std::string("baseline"))))
+    for (const auto& key : m->unused_keys) erase_path(out, key);
+  return out;
+}
+
+void apply_override(nlohmann::json& user, const std::string& assignment) {
+  const auto eq = assignment.find('=');
+  if (eq == std::string::npos || eq == 0)
+    throw std::runtime_error("--set " + assignment + ": expected key.path=value");
+  const std::string path = assignment.substr(0, eq);
+  const std::string text = assignment.substr(eq + 1);
+  nlohmann::json value = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (value.is_discarded()) value = text;
+  nlohmann::json* node = &user;
+  std::stringstream ss(path);
+  std::string part;
+  std::vector<std::string> parts;
+  while (std::getline(ss, part, '.')) parts.push_back(part);
+  for (size_t i = 0; i + 1 < parts.size(); ++i) {
+    nlohmann::json& next = (*node)[parts[i]];
+    if (next.is_null()) next = nlohmann::json::object();
+    if (!next.is_object())
+      throw std::runtime_error("--set " + assignment + ": " + parts[i] + " is not a section");
+    node = &next;
+  }
+  (*node)[parts.back()] = value;
+}
+
+nlohmann::json read_json_file(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw std::runtime_error(path + ": cannot open file");
+  try {
+    return nlohmann::json::parse(in);
+  } catch (const nlohmann::json::parse_error& e) {
+    throw std::runtime_error(path + ": not valid JSON (" + std::string(e.what()) + ")");
+  }
+}
+
+Config load_config(const std::string& path, const std::vector<std::string>& overrides, const ConfigSchema& schema) {
+  nlohmann::json user = read_json_file(path);
+  if (!user.is_object()) throw std::runtime_error(path + ": expected a JSON object at the top level");
+  for (const auto& o : overrides) apply_override(user, o);
+  return config_from_json(user, schema, path);
+}
+
+}  // namespace autorep::trainer::engine

@@ -1,0 +1,30 @@
+#pragma once
+/// Test (or validation) accuracy and loss of a model on a split.
+
+#include <torch/types.h>
+
+#include <cstdint>
+
+#include "trainer/data/dataset.h"
+#include "trainer/models/net.h"
+
+namespace autorep::trainer::engine {
+
+namespace dist {
+class Group;
+}
+
+/// Test accuracy and mean loss of `model` on a split. A sample whose logits are not all finite
+/// (a mostly polynomial network can overflow on some inputs) counts as wrong, is left out of
+/// the mean loss and is counted in `nonfinite`.
+struct EvalResult {
+  double accuracy = 0.0;
+  double loss = 0.0;  ///< mean over the samples with finite logits (NaN when there are none)
+  int64_t samples = 0;
+  int64_t nonfinite = 0;
+};
+/// With `group`, each process evaluates its share of the split and every process gets the totals.
+EvalResult evaluate(models::NetImpl& model, const data::DataSplits& data, const data::Dataset& split,
+                    torch::Device device, int64_t batch_size, dist::Group* group = nullptr);
+
+}  // namespace autorep::trainer::engine

@@ -1,0 +1,45 @@
+#pragma once
+/// The training loop shared by every method: seeded batches, phases with their optimisers and
+/// schedules, evaluation, metrics, progress output, atomic checkpoints and exact resume.
+
+#include <nlohmann/json.hpp>
+#include <torch/types.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "trainer/engine/config.h"
+#include "trainer/engine/method.h"
+#include "trainer/models/net.h"
+
+namespace autorep::trainer::engine {
+
+struct RunOptions {
+  std::string out_dir;          ///< run directory (created)
+  bool resume = false;          ///< continue from out_dir/checkpoints/last.pt
+  int64_t stop_after_steps = -1;  ///< stop (as if killed) after this many steps in this process; -1: never
+  bool quiet = false;           ///< no console output (log.txt is still written)
+  int64_t spike_at_step = -1;   ///< tests: multiply this step's loss (counted in this process) by 1e6, as an outlier batch's
+};
+
+struct RunResult {
+  std::string out_dir;
+  std::string best_checkpoint;  ///< out_dir/checkpoints/best.pt
+  double best_accuracy = 0.0;   ///< best test accuracy among checkpoints eligible for best.pt
+  double final_accuracy = 0.0;  ///< test accuracy after the last epoch
+  int64_t kept_relus = 0;       ///< of the final model, per sample
+  int64_t total_relus = 0;
+  double seconds = 0.0;         ///< wall time of this process's training
+  bool completed = false;       ///< false when stopped early by stop_after_steps
+  nlohmann::json summary;       ///< what the command added after training (the export's summary); null if nothing
+};
+
+/// Runs (or resumes) a training run of `method` as configured. With --resume the caller has
+/// checked that the config matches the run's (methods::train does).
+RunResult run_training(const Config& config, Method& method, const RunOptions& options);
+
+/// ModelSpec of a config for data of the given input shape and classes.
+models::ModelSpec model_spec(const Config& config, const std::vector<int64_t>& input_shape, int64_t classes);
+
+}  // namespace autorep::trainer::engine

@@ -1,0 +1,36 @@
+#include "trainer/engine/method.h"
+
+#include <torch/torch.h>
+
+namespace autorep::trainer::engine {
+
+std::string phase_name(PhaseKind kind) {
+  switch (kind) {
+    case PhaseKind::Train: return "train";
+    case PhaseKind::Search: return "search";
+    case PhaseKind::Finetune: return "finetune";
+  }
+  TORCH_INTERNAL_ASSERT(false, "unknown phase kind");
+}
+
+std::vector<ParamGroup> Method::param_groups(TrainContext& ctx, const Phase& phase) const {
+  ParamGroup g;
+  g.params = ctx.model->parameters();
+  g.lr = phase.optim.lr;
+  g.weight_decay = phase.optim.weight_decay;
+  return {g};
+}
+
+torch::Tensor classification_loss(const Config& config, const torch::Tensor& logits, const torch::Tensor& y) {
+  return torch::nn::functional::cross_entropy(
+      logits, y, torch::nn::functional::CrossEntropyFuncOptions().label_smoothing(config.train.label_smoothing));
+}
+
+LossOutput Method::loss(TrainContext& ctx, const torch::Tensor& x, const torch::Tensor& y,
+                        const torch::Tensor& logits) {
+  LossOutput out;
+  out.loss = classification_loss(*ctx.config, logits, y);
+  return out;
+}
+
+}  // namespace autorep::trainer::engine

@@ -1,0 +1,48 @@
+#include "trainer/engine/run_result.h"
+
+#include <filesystem>
+
+#include "layers/util/atomic_file.h"
+#include "trainer/engine/distributed.h"
+
+namespace autorep::trainer::engine {
+
+namespace fs = std::filesystem;
+
+nlohmann::json run_result_json(const Config& config, const RunResult& r) {
+  if (r.summary.is_null()) {  // nothing was exported: an all-ReLU run
+    return {{"method", config.method},
+            {"accuracy", r.best_accuracy},
+            {"final_accuracy", r.final_accuracy},
+            {"relu_count", r.kept_relus},
+            {"total_relus", r.total_relus},
+            {"seconds", r.seconds},
+            {"checkpoint", "checkpoints/best.pt"}};
+  }
+  const nlohmann::json& s = r.summary;
+  std::string export_path;
+  if (s.is_object() && s.contains("path") && s["path"].is_string())
+    export_path = fs::path(s["path"].get<std::string>()).lexically_relative(r.out_dir).string();
+  const int64_t relus =
+      s.is_object() && s.contains("kept") && s["kept"].is_number_integer() ? s["kept"].get<int64_t>() : r.kept_relus;
+  const double accuracy = s.is_object() && s.contains("accuracy") && s["accuracy"].is_number()
+                              ? s["accuracy"].get<double>()
+                              : (r.best_accuracy >= 0 ? r.best_accuracy : r.final_accuracy);
+  return {{"method", config.method},
+          {"budget", config.search.budget.json()},
+          {"relu_count", relus},
+          {"total_relus", r.total_relus},
+          {"accuracy", accuracy},
+          {"best_accuracy", r.best_accuracy},
+          {"final_accuracy", r.final_accuracy},
+          {"seconds", r.seconds},
+          {"export_path", export_path}};
+}
+
+nlohmann::json write_run_result(const Config& config, const RunResult& r) {
+  nlohmann::json j = run_result_json(config, r);
+  if (dist::is_primary()) util::write_file_atomic((fs::path(r.out_dir) / "result.json").string(), j.dump(2) + "\n");
+  return j;
+}
+
+}  // namespace autorep::trainer::engine

@@ -1,0 +1,62 @@
+#include "trainer/engine/step.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+#include <stdexcept>
+
+namespace autorep::trainer::engine {
+
+StepOutcome train_step(const StepEnv& env, const Phase& phase, const torch::Tensor& x, const torch::Tensor& y,
+                       int64_t step_in_epoch, double loss_factor) {
+  TrainContext& ctx = *env.ctx;
+  SpikeGuard& guard = *env.guard;
+  auto& optimizer = *ctx.optimizer;
+  if (guard.enabled()) env.running_stats->save();
+  auto logits = ctx.model->forward(x);
+  LossOutput lo = env.method->loss(ctx, x, y, logits);
+  if (loss_factor != 1.0) lo.loss = lo.loss * loss_factor;
+  optimizer.zero_grad();
+  // Loss and correct predictions of the whole global batch (summed over processes), then each
+  // loss part weighted the same way.
+  std::vector<torch::Tensor> stats = {lo.loss.detach().to(torch::kDouble) * static_cast<double>(y.size(0)),
+                                      logits.detach().argmax(1).eq(y).sum().to(torch::kDouble)};
+  for (const auto& part : lo.parts)
+    stats.push_back(part.second.detach().to(ctx.device, torch::kDouble).reshape({}) * static_cast<double>(y.size(0)));
+  StepOutcome out;
+  out.batch_stats = torch::stack(stats).cpu();
+  for (const auto& part : lo.parts) out.part_names.push_back(part.first);
+  std::unique_ptr<dist::Pending> stats_work;
+  if (env.group) {
+    stats_work = env.group->allreduce_sum_async(out.batch_stats);
+    env.sync->begin();
+  }
+  lo.loss.backward();
+  if (env.group) {
+    env.sync->finish();
+    stats_work->wait();
+  }
+  out.loss = out.batch_stats[0].item<double>() / static_cast<double>(env.global_batch);
+  out.skipped = guard.skip(out.loss);
+  if (guard.diverged() || (!guard.enabled() && !std::isfinite(out.loss)))
+    throw std::runtime_error("training diverged: loss is " + std::to_string(out.loss) + " at epoch " +
+                             std::to_string(ctx.epoch + 1) + " step " + std::to_string(step_in_epoch + 1) +
+                             (guard.enabled() ? ", the " + std::to_string(guard.consecutive()) +
+                                                    "th loss spike in a row (train.skip_spikes)"
+                                              : std::string()) +
+                             " (try a lower optim.lr)");
+  // The batch counts either way (the lr schedule and the data order go on); a skipped one
+  // leaves no update.
+  ++ctx.global_step;
+  ++ctx.phase_step;
+  if (out.skipped) {
+    env.running_stats->restore();
+    return out;
+  }
+  if (phase.optim.grad_clip > 0) torch::nn::utils::clip_grad_norm_(ctx.model->parameters(), phase.optim.grad_clip);
+  optimizer.step();
+  env.method->after_step(ctx);
+  return out;
+}
+
+}  // namespace autorep::trainer::engine

@@ -1,0 +1,45 @@
+#pragma once
+/// One optimiser step, as every run takes it and `autorep bench step` measures it: forward,
+/// the method's loss, backward (with the gradients all-reduced in a multi-process run), the
+/// spike guard, gradient clipping, the optimiser step and the method's after-step hook.
+
+#include <torch/types.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "trainer/engine/distributed.h"
+#include "trainer/engine/method.h"
+#include "trainer/engine/spike_guard.h"
+
+namespace autorep::trainer::engine {
+
+/// What a step needs besides its batch.
+struct StepEnv {
+  TrainContext* ctx = nullptr;     ///< ctx->optimizer is the phase's optimiser
+  Method* method = nullptr;
+  SpikeGuard* guard = nullptr;
+  BatchNormSnapshot* running_stats = nullptr;  ///< saved before and restored after a skipped step
+  int64_t global_batch = 0;        ///< samples of the batch over all processes
+  dist::Group* group = nullptr;    ///< null in a one-process run
+  dist::GradientSync* sync = nullptr;
+};
+
+/// What one step produced.
+struct StepOutcome {
+  double loss = 0.0;      ///< mean loss of the global batch
+  bool skipped = false;   ///< skipped by the spike guard: no update, running statistics restored
+  /// CPU float64, summed over the processes: [loss * B, correct predictions, part_1 * B, ...].
+  torch::Tensor batch_stats;
+  std::vector<std::string> part_names;  ///< of the loss parts, in batch_stats order from index 2
+};
+
+/// Takes one step on the batch (x, y) of this process; counts it in ctx->global_step and
+/// ctx->phase_step whether or not it is skipped. `loss_factor` scales the loss (tests use it
+/// to make an outlier batch). Throws "training diverged: ..." when the loss is not finite (or
+/// the guard saw too many spikes in a row), naming the epoch and `step_in_epoch`.
+StepOutcome train_step(const StepEnv& env, const Phase& phase, const torch::Tensor& x, const torch::Tensor& y,
+                       int64_t step_in_epoch, double loss_factor = 1.0);
+
+}  // namespace autorep::trainer::engine

@@ -1,0 +1,185 @@
+#include "trainer/methods/reduction.h"
+
+#include <torch/torch.h>
+
+#include <filesystem>
+
+#include "layers/snl_gate.h"
+#include "layers/util/text.h"
+#include "search/snl.h"
+#include "trainer/engine/checkpoint.h"
+#include "trainer/models/registry.h"
+
+namespace autorep::trainer::methods {
+
+using engine::LossOutput;
+using engine::ParamGroup;
+using engine::Phase;
+using engine::PhaseKind;
+using engine::TrainContext;
+
+std::vector<torch::Tensor> weight_parameters(models::NetImpl& model) {
+  std::vector<torch::Tensor> gate_params = layers::aux_parameters(model);
+  for (auto& c : layers::coefficient_parameters(model)) gate_params.push_back(c);
+  std::vector<torch::Tensor> out;
+  for (auto& p : model.parameters()) {
+    bool is_gate = false;
+    for (auto& g : gate_params) is_gate = is_gate || g.is_same(p);
+    if (!is_gate) out.push_back(p);
+  }
+  return out;
+}
+
+models::Net load_teacher(const engine::Config& config, const models::ModelSpec& student) {
+  const std::string& path = config.search.teacher;
+  if (path.empty())
+    throw std::runtime_error("search.teacher: method " + config.method +
+                             " needs a teacher checkpoint (a baseline run's checkpoints/best.pt)");
+  if (!std::filesystem::exists(path))
+    throw std::runtime_error("search.teacher: " + path + ": no such file (train a baseline first: "
+                             "autorep train --config configs/fashion-mnist-resnet20.json)");
+  engine::CheckpointMeta meta;
+  models::ModelSpec ts;
+  try {
+    meta = engine::read_checkpoint_meta(path);
+    if (!meta.state.contains("model_spec")) throw std::runtime_error(path + ": checkpoint has no model description");
+    ts = models::spec_from_json(meta.state.at("model_spec"));
+  } catch (const std::exception& e) {
+    throw std::runtime_error("search.teacher: " + std::string(e.what()));
+  }
+  if (ts.name != student.name || ts.input_shape != student.input_shape || ts.classes != student.classes ||
+      ts.stem_relu != student.stem_relu)
+    throw std::runtime_error("search.teacher: " + path + " is a " + ts.name + " for input " +
+                             util::shape_text(ts.input_shape) + " with " + std::to_string(ts.classes) +
+                             " classes; this run trains a " + student.name +
+                             " on its data (model.name and data must match the teacher)");
+  const std::string method = meta.config.value("method", std::string("baseline"));
+  if (method != "baseline")
+    throw std::runtime_error("search.teacher: " + path + " is a " + method +
+                             " run; the teacher must be an all-ReLU baseline run");
+  models::Net teacher = models::build_model(ts, layers::relu_factory());
+  try {
+    engine::load_checkpoint(path, *teacher, nullptr);
+  } catch (const std::exception& e) {
+    throw std::runtime_error("search.teacher: " + std::string(e.what()));
+  }
+  teacher->eval();
+  return teacher;
+}
+
+void init_from_teacher(models::NetImpl& student, models::NetImpl& teacher) {
+  torch::NoGradGuard no_grad;
+  auto sp = student.named_parameters(), sb = student.named_buffers();
+  for (const auto& kv : teacher.named_parameters()) {
+    auto* dst = sp.find(kv.key());
+    TORCH_INTERNAL_ASSERT(dst != nullptr, "teacher parameter ", kv.key(), " missing in the student");
+    dst->copy_(kv.value());
+  }
+  for (const auto& kv : teacher.named_buffers()) {
+    auto* dst = sb.find(kv.key());
+    TORCH_INTERNAL_ASSERT(dst != nullptr, "teacher buffer ", kv.key(), " missing in the student");
+    dst->copy_(kv.value());
+  }
+}
+
+models::Net kd_teacher(const models::Net& teacher, const std::string& dtype, const torch::Device& device) {
+  if (dtype == "float32") return teacher;
+  TORCH_CHECK(dtype == "bfloat16", "kd_teacher: unknown dtype ", dtype);
+  models::Net copy = models::build_model(teacher->spec(), layers::relu_factory());
+  init_from_teacher(*copy, *teacher);
+  copy->to(device, torch::kBFloat16);
+  copy->eval();
+  return copy;
+}
+
+torch::Tensor teacher_logits(models::NetImpl& teacher, const torch::Tensor& x) {
+  torch::NoGradGuard no_grad;
+  const auto dtype = teacher.parameters().front().scalar_type();
+  return teacher.forward(x.to(dtype)).to(torch::kFloat);
+}
+
+bool cpu_has_native_bf16() {
+#if defined(__x86_64__) || defined(__i386__)
+  // Every CPU with AMX-BF16 also has AVX512-BF16.
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512bf16") != 0;
+#else
+  return false;
+#endif
+}
+
+layers::ActivationFactory ReductionMethod::factory() const { return layers::gate_factory(config_.gate); }
+
+std::vector<Phase> ReductionMethod::phases() const {
+  const auto& s = config_.search;
+  return {Phase{PhaseKind::Search, 0, s.search_epochs, s.search_optim},
+          Phase{PhaseKind::Finetune, s.search_epochs, config_.train.epochs - s.search_epochs, s.finetune_optim}};
+}
+
+void ReductionMethod::prepare(TrainContext& ctx, bool resuming) {
+  teacher_ = load_teacher(config_, ctx.model->spec());
+  if (!resuming) init_from_teacher(*ctx.model, *teacher_);
+  teacher_->to(ctx.device);
+  teacher_->eval();
+  const std::string& dtype = config_.search.kd.teacher_dtype;
+  kd_teacher_ = kd_teacher(teacher_, dtype, ctx.device);
+  if (dtype == "bfloat16" && ctx.device.is_cpu() && !cpu_has_native_bf16())
+    ctx.log("note: search.kd.teacher_dtype bfloat16 on a CPU without native bfloat16: the teacher forward is "
+            "emulated and slower than float32");
+  gates_ = layers::gates(*ctx.model);
+  TORCH_INTERNAL_ASSERT(gates_.size() == ctx.model->sites().size());
+  total_ = layers::total_relus(gates_);
+  budget_ = config_.search.budget.resolve(total_);
+  ctx.log("budget: " + std::to_string(budget_) + " of " + std::to_string(total_) + " ReLUs (" +
+          config_.search.budget.json().dump() + "), granularity " +
+          layers::granularity_name(config_.gate.granularity()) + ", teacher " + config_.search.teacher +
+          " (KD targets in " + config_.search.kd.teacher_dtype + ")");
+}
+
+void ReductionMethod::begin_phase(TrainContext& ctx, const Phase& phase, bool resumed) {
+  if (phase.kind != PhaseKind::Finetune) return;
+  search::snl_set_relaxed(gates_, false);
+  layers::set_frozen(*ctx.model, true);
+  masks_final_ = true;
+}
+
+std::vector<ParamGroup> ReductionMethod::param_groups(TrainContext& ctx, const Phase& phase) const {
+  if (phase.kind == PhaseKind::Finetune) {
+    ParamGroup weights{weight_parameters(*ctx.model), phase.optim.lr, phase.optim.weight_decay};
+    ParamGroup coeffs{layers::coefficient_parameters(*ctx.model), phase.optim.lr, 0.0};
+    return {weights, coeffs};
+  }
+  return search_groups(ctx, phase);
+}
+
+std::vector<ParamGroup> ReductionMethod::search_groups(TrainContext& ctx, const Phase& phase) const {
+  return Method::param_groups(ctx, phase);
+}
+
+LossOutput ReductionMethod::loss(TrainContext& ctx, const torch::Tensor& x, const torch::Tensor& y,
+                                 const torch::Tensor& logits) {
+  // A DaPa refit in this forward overwrote coefficients: their optimiser moments are stale.
+  layers::reset_optimizer_state(*ctx.optimizer, layers::refitted_coefficients(*ctx.model));
+  LossOutput out;
+  auto ce = engine::classification_loss(config_, logits, y);
+  auto kd = search::kd_loss(logits, teacher_logits(*kd_teacher_, x), config_.search.kd.temperature);
+  out.loss = ce + config_.search.kd.weight * kd;
+  out.parts = {{"ce", ce.detach()}, {"kd", (config_.search.kd.weight * kd).detach()}};
+  add_penalty(ctx, out);
+  return out;
+}
+
+void ReductionMethod::on_epoch_end(TrainContext& ctx, nlohmann::json& m) {
+  nlohmann::json sites = nlohmann::json::object();
+  for (const auto& s : ctx.model->sites()) sites[s.name] = s.activation().kept_relus();
+  m["kept_per_site"] = sites;
+  m["budget"] = budget_;
+  m["rho"] = static_cast<double>(layers::kept_relus(ctx.model->sites())) / static_cast<double>(total_);
+  m["rho_target"] = rho_target();
+}
+
+std::string ReductionMethod::progress(TrainContext& ctx) const {
+  return "ReLUs " + std::to_string(layers::kept_relus(ctx.model->sites())) + "/" + std::to_string(budget_);
+}
+
+}  // namespace autorep::trainer::methods

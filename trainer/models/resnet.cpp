@@ -1,0 +1,93 @@
+#include <torch/torch.h>
+
+#include <stdexcept>
+
+#include "trainer/models/blocks.h"
+
+namespace autorep::trainer::models {
+
+namespace {
+
+// ---- post-activation basic block (ResNet-18 / ResNet-20): relu(bn(conv(relu(bn(conv x)))) + skip).
+class BasicBlockImpl : public nn::Module {
+ public:
+  BasicBlockImpl(NetImpl& net, const std::string& path, int64_t in, int64_t out, int64_t stride,
+                 int64_t h, int64_t w, const ActivationFactory& f) {
+    const int64_t oh = strided(h, stride), ow = strided(w, stride);
+    conv1_ = register_module("conv1", conv3x3(in, out, stride));
+    bn1_ = register_module("bn1", nn::BatchNorm2d(out));
+    act1_ = net.add_site(*this, "act1", join(path, "act1"), {out, oh, ow}, f);
+    conv2_ = register_module("conv2", conv3x3(out, out));
+    bn2_ = register_module("bn2", nn::BatchNorm2d(out));
+    if (stride != 1 || in != out) {
+      shortcut_ = register_module("shortcut", nn::Sequential(conv1x1(in, out, stride), nn::BatchNorm2d(out)));
+    }
+    act2_ = net.add_site(*this, "act2", join(path, "act2"), {out, oh, ow}, f);
+  }
+  torch::Tensor forward(const torch::Tensor& x) {
+    auto y = act1_.forward(bn1_(conv1_(x)));
+    y = bn2_(conv2_(y));
+    y = y + (shortcut_ ? shortcut_->forward(x) : x);
+    return act2_.forward(y);
+  }
+
+ private:
+  nn::Conv2d conv1_{nullptr}, conv2_{nullptr};
+  nn::BatchNorm2d bn1_{nullptr}, bn2_{nullptr};
+  nn::Sequential shortcut_{nullptr};
+  nn::AnyModule act1_, act2_;
+};
+TORCH_MODULE(BasicBlock);
+
+// ---- CIFAR ResNets: a 3x3 stem, stages of basic blocks, global average pool, linear.
+class ResNetImpl : public NetImpl {
+ public:
+  ResNetImpl(const ModelSpec& spec, const ActivationFactory& f, int64_t stem, const std::vector<int64_t>& widths,
+             const std::vector<int64_t>& blocks, bool stem_relu)
+      : NetImpl(spec) {
+    int64_t h = spec.input_shape[1], w = spec.input_shape[2];
+    conv1_ = register_module("conv1", conv3x3(spec.input_shape[0], stem));
+    bn1_ = register_module("bn1", nn::BatchNorm2d(stem));
+    if (stem_relu) act1_ = add_site(*this, "act1", "act1", {stem, h, w}, f);
+    int64_t in = stem;
+    for (size_t s = 0; s < widths.size(); ++s) {
+      const std::string name = "layer" + std::to_string(s + 1);
+      auto stage = nn::Sequential();
+      for (int64_t b = 0; b < blocks[s]; ++b) {
+        const int64_t stride = (b == 0 && s > 0) ? 2 : 1;
+        stage->push_back(BasicBlock(*this, name + "." + std::to_string(b), in, widths[s], stride, h, w, f));
+        h = strided(h, stride);
+        w = strided(w, stride);
+        in = widths[s];
+      }
+      stages_.push_back(register_module(name, stage));
+    }
+    fc_ = register_module("fc", nn::Linear(in, spec.classes));
+  }
+  torch::Tensor forward(torch::Tensor x) override {
+    x = bn1_(conv1_(x));
+    if (!act1_.is_empty()) x = act1_.forward(x);
+    for (auto& stage : stages_) x = stage->forward(x);
+    return fc_(torch::adaptive_avg_pool2d(x, {1, 1}).flatten(1));
+  }
+
+ private:
+  nn::Conv2d conv1_{nullptr};
+  nn::BatchNorm2d bn1_{nullptr};
+  nn::AnyModule act1_;
+  std::vector<nn::Sequential> stages_;
+  nn::Linear fc_{nullptr};
+};
+
+
+}  // namespace
+
+Net make_resnet18(const ModelSpec& spec, const ActivationFactory& f) {
+  return std::make_shared<ResNetImpl>(spec, f, 64, Shape{64, 128, 256, 512}, Shape{2, 2, 2, 2}, spec.stem_relu);
+}
+
+Net make_resnet20(const ModelSpec& spec, const ActivationFactory& f) {
+  return std::make_shared<ResNetImpl>(spec, f, 16, Shape{16, 32, 64}, Shape{3, 3, 3}, true);
+}
+
+}  // namespace autorep::trainer::models
