@@ -386,7 +386,7 @@ TEST_CASE("save/load keeps masks, aux, coefficients, running statistics and the 
   auto make = [] {
     GateOptions a({3, 4, 4});
     GateOptions b({3});
-    b.granularity("channel");
+    b.granularity(Granularity::Channel);
     return torch::nn::Sequential(Gate(a), torch::nn::Flatten(), torch::nn::Linear(48, 3), Gate(b));
   };
   auto model = make();
@@ -453,7 +453,7 @@ TEST_CASE("a gated model with every mask 1 gives exactly the plain ReLU model's 
     for (bool fused : {true, false}) {
       CAPTURE(gran, fused);
       GateOptions proto;
-      proto.granularity(gran).fused(fused);
+      proto.granularity(parse_granularity(gran)).fused(fused);
       TinyNet gated(gate_factory(proto));
       {
         torch::NoGradGuard ng;
@@ -478,7 +478,7 @@ TEST_CASE("a gated model with every mask 1 gives exactly the plain ReLU model's 
 }
 
 TEST_CASE("a mask of zeros gives the polynomial", "[gate]") {
-  Gate g(GateOptions({2, 3}).granularity("layer").scale2(0.5));
+  Gate g(GateOptions({2, 3}).granularity(Granularity::Layer).scale2(0.5));
   {
     torch::NoGradGuard ng;
     g->mask().zero_();
@@ -496,7 +496,7 @@ TEST_CASE("a wrong input shape is a clear error", "[gate]") {
   Gate g(GateOptions({4, 3, 3}));
   CHECK_THROWS_WITH(g->forward(torch::randn({2, 4, 3, 4})), Catch::Contains("per-sample shape [4, 3, 3]"));
   CHECK_THROWS_WITH(g->forward(torch::randn({2, 36})), Catch::Contains("per-sample shape"));
-  CHECK_THROWS_WITH(Gate(GateOptions({4}).granularity("row")), Catch::Contains("granularity 'row'"));
+  CHECK_THROWS_WITH(parse_granularity("row"), Catch::Contains("granularity") && Catch::Contains("row"));
   CHECK_THROWS_WITH(Gate(GateOptions({4}).degree(3)), Catch::Contains("degree"));
   GateOptions bad_sigma({4});
   bad_sigma.dapa().sigma("mad");
@@ -511,13 +511,13 @@ TEST_CASE("kept_relus counts ReLU elements at every granularity", "[gate][count]
   pixel->mask().view(-1).narrow(0, 10, 7).zero_();
   CHECK(pixel->kept_relus() == 53);
 
-  Gate channel(GateOptions({4, 3, 5}).granularity("channel"));
+  Gate channel(GateOptions({4, 3, 5}).granularity(Granularity::Channel));
   CHECK(channel->mask().sizes() == torch::IntArrayRef({4}));
   channel->mask()[1] = 0;
   CHECK(channel->kept_relus() == 45);
   CHECK(channel->total_relus() == 60);
 
-  Gate layer(GateOptions({4, 3, 5}).granularity("layer"));
+  Gate layer(GateOptions({4, 3, 5}).granularity(Granularity::Layer));
   CHECK(layer->mask().sizes() == torch::IntArrayRef({1}));
   CHECK(layer->kept_relus() == 60);
   layer->mask().zero_();
@@ -533,7 +533,7 @@ TEST_CASE("kept_relus counts ReLU elements at every granularity", "[gate][count]
 
 TEST_CASE("gate_factory builds a gate of the site's shape from the prototype", "[gate]") {
   GateOptions proto;
-  proto.granularity("channel").degree(1).threshold(0.01);
+  proto.granularity(Granularity::Channel).degree(1).threshold(0.01);
   auto m = gate_factory(proto)("layer1.0.act1", {8, 4, 4});
   auto g = std::dynamic_pointer_cast<GateImpl>(m.ptr());
   REQUIRE(g != nullptr);

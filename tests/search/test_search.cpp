@@ -4,20 +4,21 @@
 
 #include "layers/gate.h"
 #include "search/budget.h"
-#include "layers/magnitude_recorder.h"
+#include "layers/snl_gate.h"
 #include "search/objective.h"
 #include "search/projection.h"
 #include "search/snl.h"
 
 using namespace autorep;
 using namespace autorep::search;
+using autorep::layers::SnlGate;
 
 namespace {
 
 GateList make_gates(const std::string& granularity) {
   GateList gates;
   for (auto shape : {std::vector<int64_t>{4, 3, 3}, std::vector<int64_t>{2, 5, 5}, std::vector<int64_t>{7}}) {
-    auto o = layers::GateOptions(shape).granularity(granularity);
+    auto o = layers::GateOptions(shape).granularity(layers::parse_granularity(granularity));
     gates.push_back(layers::Gate(o).ptr());
   }
   return gates;
@@ -48,7 +49,7 @@ TEST_CASE("no selection ever exceeds the budget, at every granularity, including
   torch::manual_seed(1);
   for (const std::string g : {"pixel", "channel", "layer"}) {
     auto gates = make_gates(g);
-    const int64_t total = total_gate_relus(gates);
+    const int64_t total = layers::total_relus(gates);
     REQUIRE(total == 36 + 50 + 7);
     for (int64_t budget : {int64_t{0}, int64_t{1}, int64_t{9}, int64_t{30}, int64_t{50}, total - 1, total}) {
       INFO(g << " budget " << budget);
@@ -112,7 +113,7 @@ TEST_CASE("uniform keeps the same fraction at every site, by score", "[projectio
   auto gates = make_gates("pixel");
   std::vector<torch::Tensor> scores;
   for (auto& g : gates) scores.push_back(torch::arange(g->mask().numel(), torch::kFloat).view(g->mask().sizes()));
-  const int64_t total = total_gate_relus(gates);
+  const int64_t total = layers::total_relus(gates);
   // 46 of 93: quotas 17.81, 24.73, 3.46 -> 17, 24, 3, and the 2 left go to the largest remainders.
   CHECK(uniform_masks(gates, scores, total / 2) == 46);
   CHECK(gates[0]->mask().sum().item<float>() == 18.0f);
@@ -130,7 +131,7 @@ TEST_CASE("the budget penalty reaches aux only through the straight-through esti
     gates[0]->mask().view(-1).slice(0, 0, 10).zero_();
   }
   auto rho = relu_density(gates);
-  const double total = static_cast<double>(total_gate_relus(gates));
+  const double total = static_cast<double>(layers::total_relus(gates));
   CHECK(rho.item<double>() == Approx((total - 10) / total));
   const double lambda = 50.0;
   auto pen = budget_penalty(rho, 0.1, lambda);
@@ -184,7 +185,7 @@ TEST_CASE("the adaptive lambda rises over budget and relaxes within it", "[objec
 }
 
 TEST_CASE("SNL gates: relaxed slopes, identity replacement, L1 and alive count", "[snl]") {
-  auto g = SnlGate(layers::GateOptions({2, 2, 2}).granularity("pixel"));
+  auto g = SnlGate(layers::GateOptions({2, 2, 2}).granularity(layers::Granularity::Pixel));
   auto x = torch::randn({3, 2, 2, 2});
   g->set_relaxed(true);
   CHECK(torch::allclose(g->forward(x), torch::relu(x)));  // alpha starts at 1
@@ -213,12 +214,3 @@ TEST_CASE("SNL gates: relaxed slopes, identity replacement, L1 and alive count",
   CHECK(torch::allclose(y, m * torch::relu(x) + (1 - m) * x, 1e-6, 1e-6));
 }
 
-TEST_CASE("magnitudes are mean |x| and reduce to the granularity", "[magnitude]") {
-  MagnitudeRecorder r(std::vector<int64_t>{2, 1, 2});
-  r->forward(torch::tensor({1.0f, -2.0f, 3.0f, -4.0f}).view({1, 2, 1, 2}));
-  r->forward(torch::tensor({-3.0f, 0.0f, 1.0f, 0.0f}).view({1, 2, 1, 2}));
-  auto m = r->mean_magnitude();
-  CHECK(torch::allclose(m.view(-1), torch::tensor({2.0, 1.0, 2.0, 2.0}, torch::kDouble)));
-  CHECK(torch::allclose(reduce_to_granularity(m, "channel"), torch::tensor({1.5, 2.0}, torch::kDouble)));
-  CHECK(reduce_to_granularity(m, "layer").item<double>() == Approx(1.75));
-}

@@ -1,187 +1,23 @@
 #include "tests/torch_catch.h"
-#include "tests/trainer/test_util.h"
+
 #include <sys/wait.h>
-#include <unistd.h>
 
 #include <cstdlib>
-#include <cstring>
-#include <filesystem>
-#include <fstream>
 #include <functional>
 #include <sstream>
 
-#include "json_schema.h"
 #include "layers/gate.h"
 #include "layers/site.h"
-#include "search/budget.h"
 #include "search/export/cost.h"
 #include "search/export/relu_mask.h"
-#include "trainer/engine/checkpoint.h"
-#include "trainer/engine/config.h"
-#include "trainer/app/export_run.h"
-#include "trainer/engine/method.h"
-#include "trainer/models/net.h"
-#include "trainer/engine/loop.h"
+#include "tests/search/export/export_fixtures.h"
 
 using namespace autorep;
+using namespace autorep::test::export_fixtures;
 using Catch::Matchers::Contains;
 namespace fs = std::filesystem;
 using exports::ExportJson;
 using autorep::test::read_text;
-
-namespace {
-
-// Temporary folders of this process, removed when it exits.
-struct TempDirs {
-  std::vector<fs::path> paths;
-  ~TempDirs() {
-    for (const auto& p : paths) {
-      std::error_code ec;
-      fs::remove_all(p, ec);
-    }
-  }
-};
-
-fs::path fresh_dir(const std::string& name) {
-  static TempDirs dirs;
-  auto p = fs::temp_directory_path() / ("autorep-test-export-" + name + "-" + std::to_string(::getpid()));
-  fs::remove_all(p);
-  fs::create_directories(p);
-  dirs.paths.push_back(p);
-  return p;
-}
-
-void write_text(const fs::path& p, const std::string& text) {
-  std::ofstream out(p, std::ios::binary | std::ios::trunc);
-  out << text;
-}
-
-// Every export a test produces must pass the shipped schema.
-void require_schema_valid(const ExportJson& doc) {
-  static const test::SchemaValidator validator(
-      nlohmann::json::parse(read_text(fs::path(AUTOREP_SOURCE_DIR) / "docs" / "relu-mask.schema.json")));
-  const auto errors = validator.validate(nlohmann::json::parse(doc.dump()));
-  std::string all;
-  for (const auto& e : errors) all += e + "\n";
-  INFO(all);
-  REQUIRE(errors.empty());
-}
-
-trainer::ModelSpec tiny_spec(int64_t side) {
-  trainer::ModelSpec spec;
-  spec.name = "cnn-small";
-  spec.input_shape = {1, side, side};
-  spec.classes = 10;
-  return spec;
-}
-
-layers::GateOptions gate_proto(const std::string& granularity, int64_t degree) {
-  layers::GateOptions o;
-  // s1 = 0.3 and s2 = 0.1 are inexact in float: folding them must match the kernels bit for bit.
-  o.granularity(granularity).degree(degree).scale1(0.3).scale2(0.1);
-  return o;
-}
-
-trainer::Net gated_model(const trainer::ModelSpec& spec, const std::string& granularity, int64_t degree) {
-  return trainer::build_model(spec, layers::gate_factory(gate_proto(granularity, degree)));
-}
-
-// Random masks (one sparse site so kept_indices appear) and coefficients.
-void randomize_gates(trainer::NetImpl& net, uint64_t seed) {
-  torch::manual_seed(seed);
-  torch::NoGradGuard no_grad;
-  const auto& sites = net.sites();
-  for (size_t i = 0; i < sites.size(); ++i) {
-    auto g = std::dynamic_pointer_cast<layers::GateImpl>(sites[i].module);
-    REQUIRE(g);
-    const double p = i + 1 == sites.size() ? 0.05 : 0.4;
-    g->mask().copy_(torch::bernoulli(torch::full_like(g->mask(), p)));
-    g->c0().copy_(torch::randn_like(g->c0()));
-    g->c1().copy_(torch::randn_like(g->c1()));
-    g->c2().copy_(torch::randn_like(g->c2()));
-  }
-}
-
-exports::ExportInfo tiny_info(const trainer::ModelSpec& spec) {
-  exports::ExportInfo info;
-  info.arch = spec.name;
-  info.input_shape = spec.input_shape;
-  info.classes = spec.classes;
-  info.checkpoint_sha256 = exports::sha256_hex("no checkpoint");
-  info.dataset = "fashion-mnist";
-  info.method = "autorep";
-  info.budget_target = 100;
-  info.accuracy = 0.5;
-  info.accuracy_source = "test";
-  info.producer = "autorep (test)";
-  return info;
-}
-
-bool same_bits(float a, float b) { return std::memcmp(&a, &b, sizeof a) == 0; }
-
-std::vector<float> floats(const torch::Tensor& t) {
-  const auto c = t.detach().to(torch::kFloat).contiguous();
-  return std::vector<float>(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
-}
-
-// Copies every parameter and buffer of `from` into `to` (same structure).
-void copy_state(torch::nn::Module& from, torch::nn::Module& to) {
-  torch::NoGradGuard no_grad;
-  auto fp = from.named_parameters(), tp = to.named_parameters();
-  for (const auto& kv : fp) tp[kv.key()].copy_(kv.value());
-  auto fb = from.named_buffers(), tb = to.named_buffers();
-  for (const auto& kv : fb) tb[kv.key()].copy_(kv.value());
-}
-
-// Flips mask bit `bit` of site `site` and updates kept, decision, kept_indices and the budget so
-// the document stays self-consistent (it just no longer matches the model).
-void flip_consistently(ExportJson& doc, size_t site, int64_t bit) {
-  auto& s = doc["sites"][site];
-  auto bytes = exports::base64_decode(s["mask"]["data"].get<std::string>());
-  bytes[static_cast<size_t>(bit / 8)] ^= static_cast<uint8_t>(1u << (bit % 8));
-  s["mask"]["data"] = exports::base64_encode(bytes);
-  const int64_t length = s["mask"]["length"].get<int64_t>();
-  const int64_t per = s["total"].get<int64_t>() / length;
-  std::vector<int64_t> idx;
-  for (int64_t b = 0; b < length; ++b)
-    if ((bytes[static_cast<size_t>(b / 8)] >> (b % 8)) & 1) idx.push_back(b);
-  const int64_t old_kept = s["kept"].get<int64_t>();
-  s["kept"] = static_cast<int64_t>(idx.size()) * per;
-  s["decision"] = idx.size() == static_cast<size_t>(length) ? "relu" : (idx.empty() ? "poly" : "mixed");
-  if (static_cast<double>(idx.size()) <= doc["kept_indices_max_density"].get<double>() * length)
-    s["kept_indices"] = idx;
-  else
-    s.erase("kept_indices");
-  doc["budget"]["kept"] = doc["budget"]["kept"].get<int64_t>() - old_kept + s["kept"].get<int64_t>();
-}
-
-// The golden model: cnn-small on 1x4x4 with one site of each granularity and hand-set state.
-trainer::Net golden_model() {
-  auto factory = [](const std::string& name, const std::vector<int64_t>& shape) {
-    layers::GateOptions o(shape);
-    o.granularity(name == "act1" ? "pixel" : (name == "act2" ? "channel" : "layer")).degree(2).scale1(1.0).scale2(0.1);
-    return torch::nn::AnyModule(layers::Gate(o));
-  };
-  auto net = trainer::build_model(tiny_spec(4), factory);
-  torch::NoGradGuard no_grad;
-  for (const auto& s : net->sites()) {
-    auto g = std::dynamic_pointer_cast<layers::GateImpl>(s.module);
-    const int64_t n = g->mask().numel(), C = g->c0().numel();
-    auto m = torch::zeros({n});
-    if (s.name == "act1")
-      for (int64_t i = 0; i < n; i += 3) m[i] = 1;  // every third pixel kept
-    if (s.name == "act2") m[1] = 1, m[7] = 1;      // channels 1 and 7 kept: sparse
-    // act3: its single layer bit stays 0 (the whole layer is a polynomial)
-    g->mask().copy_(m.reshape(g->mask().sizes()));
-    auto c = torch::arange(C, torch::kFloat);
-    g->c0().copy_(0.125 * c - 1);
-    g->c1().copy_(0.5 + 0.0625 * c);
-    g->c2().copy_(1 + c);  // effective float(0.1)*(1+c): not a short decimal
-  }
-  return net;
-}
-
-}  // namespace
 
 TEST_CASE("sha256 matches the FIPS 180-2 test vectors", "[export]") {
   CHECK(exports::sha256_hex("") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
@@ -228,7 +64,7 @@ TEST_CASE("base64 follows RFC 4648 and bits are packed lsb0", "[export]") {
 TEST_CASE("the built-in cost table is configs/cost-delphi.json, and estimates follow it", "[export]") {
   const auto builtin = exports::default_cost_table();
   const auto shipped = exports::load_cost_table((fs::path(AUTOREP_SOURCE_DIR) / "configs" / "cost-delphi.json").string());
-  CHECK(search::to_json(builtin) == search::to_json(shipped));
+  CHECK(exports::to_json(builtin) == exports::to_json(shipped));
   CHECK(builtin.relu.offline_bytes == 17408.0);
   CHECK(builtin.relu.online_bytes == 1228.8);
   CHECK(!builtin.sources.empty());
@@ -238,16 +74,16 @@ TEST_CASE("the built-in cost table is configs/cost-delphi.json, and estimates fo
   CHECK(e.online_bytes == 10 * 1228.8 + 5 * 32.0);
   CHECK(exports::estimate_cost(builtin, 10, 5, 1).multiplications == 0);
 
-  auto j = search::to_json(builtin);
+  auto j = exports::to_json(builtin);
   j["relu"]["offline"] = 1;
   CHECK_THROWS_WITH(exports::cost_table_from_json(j, "t.json"), Contains("t.json: relu.offline: unknown key"));
-  j = search::to_json(builtin);
+  j = exports::to_json(builtin);
   j.erase("multiplication");
   CHECK_THROWS_WITH(exports::cost_table_from_json(j, "t.json"), Contains("multiplication: missing"));
-  j = search::to_json(builtin);
+  j = exports::to_json(builtin);
   j["relu"]["online_bytes"] = -1;
   CHECK_THROWS_WITH(exports::cost_table_from_json(j, "t.json"), Contains("relu.online_bytes"));
-  j = search::to_json(builtin);
+  j = exports::to_json(builtin);
   j["multiplications_per_poly_element"].erase("2");
   CHECK_THROWS_WITH(exports::estimate_cost(exports::cost_table_from_json(j), 1, 1, 2), Contains("degree 2"));
 }
@@ -344,7 +180,7 @@ TEST_CASE("the golden export matches tests/data/golden-export.json", "[export]")
 
 TEST_CASE("a plain-ReLU model exports as layer-level relu sites", "[export]") {
   const auto spec = tiny_spec(8);
-  auto net = trainer::build_model(spec, layers::relu_factory());
+  auto net = site_net(spec, layers::relu_factory());
   auto info = tiny_info(spec);
   info.method = "baseline";
   info.budget_target.reset();
@@ -483,136 +319,9 @@ TEST_CASE("an export that does not fit the model is rejected with reasons", "[ex
   REQUIRE(why.size() == 2);
   CHECK_THAT(why[0], Contains("act2") && Contains("granularity channel in the export, pixel in the model"));
 
-  auto relus = trainer::build_model(tiny_spec(4), layers::relu_factory());
+  auto relus = site_net(tiny_spec(4), layers::relu_factory());
   why = exports::check_against_model(ex, relus->sites());
   REQUIRE(!why.empty());
   CHECK_THAT(why[0], Contains("plain ReLU"));
 }
 
-TEST_CASE("verify passes on the trained model and fails when one mask bit is flipped", "[export]") {
-  const auto spec = tiny_spec(8);
-  auto trained = gated_model(spec, "pixel", 2);
-  randomize_gates(*trained, 3);
-  auto rebuilt = gated_model(spec, "pixel", 2);
-  copy_state(*trained, *rebuilt);
-  randomize_gates(*rebuilt, 4);  // the export, not the copy, must set masks and coefficients
-  torch::manual_seed(5);
-  const auto x = torch::randn({16, 1, 8, 8});
-  const ExportJson doc = exports::build_export(trained->sites(), tiny_info(spec), exports::default_cost_table());
-
-  auto ok = trainer::verify_models(exports::parse_export(doc, "e"), *trained, *rebuilt, x, 1e-5);
-  INFO((ok.problems.empty() ? std::string() : ok.problems[0]));
-  CHECK(ok.ok);
-  CHECK(ok.max_abs_diff <= 1e-5);
-  CHECK(ok.mask_mismatches == 0);
-  CHECK(ok.samples == 16);
-
-  // One bit of the linear site act3 (feeding the classifier directly), document kept consistent.
-  ExportJson flipped = doc;
-  flip_consistently(flipped, 2, 5);
-  auto rebuilt2 = gated_model(spec, "pixel", 2);
-  copy_state(*trained, *rebuilt2);
-  auto bad = trainer::verify_models(exports::parse_export(flipped, "e"), *trained, *rebuilt2, x, 1e-5);
-  CHECK(!bad.ok);
-  CHECK(bad.mask_mismatches == 1);
-  CHECK(bad.max_abs_diff > 1e-5);
-  REQUIRE(!bad.problems.empty());
-  CHECK_THAT(bad.problems[0], Contains("1 mask entries differ") && Contains("act3"));
-
-  // A changed coefficient of a polynomial channel is caught too.
-  ExportJson coef = doc;
-  coef["sites"][2]["coefficients"]["c0"][0] = coef["sites"][2]["coefficients"]["c0"][0].get<double>() + 0.5;
-  auto rebuilt3 = gated_model(spec, "pixel", 2);
-  copy_state(*trained, *rebuilt3);
-  auto bad2 = trainer::verify_models(exports::parse_export(coef, "e"), *trained, *rebuilt3, x, 1e-5);
-  CHECK(!bad2.ok);
-  CHECK(bad2.max_coefficient_diff == Approx(0.5));
-}
-
-TEST_CASE("export_checkpoint and verify_export work on a saved reduction checkpoint, also from the CLI",
-          "[export][cli]") {
-  if (!fs::exists(trainer::default_data_path("fashion-mnist") + "/t10k-images-idx3-ubyte.gz")) {
-    WARN("Fashion-MNIST not installed: skipped");
-    return;
-  }
-  trainer::Config config;
-  config.method = "autorep";
-  config.model.name = "cnn-small";
-  config.gate.granularity = "pixel";
-  config.search.budget = "5%";
-  config.train.device = "cpu";
-  const auto spec = tiny_spec(28);
-  auto method = trainer::make_method(config);
-  auto net = trainer::build_model(spec, method->factory());
-  randomize_gates(*net, 11);
-  net->eval();
-  const auto run = fresh_dir("run");
-  const auto ckpt = (run / "checkpoints" / "best.pt").string();
-  trainer::save_checkpoint(ckpt, *net, nullptr,
-                           {trainer::to_json(config),
-                            {{"model_spec", trainer::spec_to_json(spec)}, {"epoch", 2}, {"step_in_epoch", 0}}});
-  write_text(run / "metrics.jsonl",
-             "{\"type\":\"eval\",\"epoch\":1,\"test_accuracy\":0.1}\n{\"type\":\"eval\",\"epoch\":2,\"test_accuracy\":0.42}\n");
-
-  const auto out = (run / "export" / "mask.json").string();
-  trainer::ExportOptions eo;
-  eo.evaluate = false;
-  const auto summary = trainer::export_checkpoint(ckpt, out, eo);
-  CHECK(summary["kept"] == layers::kept_relus(net->sites()));
-  CHECK(summary["target"] == search::resolve_budget(config.search.budget, layers::total_relus(net->sites())));
-  const auto ex = exports::read_export(out);
-  require_schema_valid(ex.doc);
-  CHECK(ex.doc["accuracy"]["test"] == 0.42);
-  CHECK(ex.doc["model"]["checkpoint_sha256"] == exports::sha256_file(ckpt));
-  CHECK(ex.doc["method"] == "autorep");
-  CHECK(ex.doc["dataset"] == "fashion-mnist");
-
-  trainer::VerifyOptions vo;
-  vo.batch = 32;
-  const auto good = trainer::verify_export(out, ckpt, vo);
-  INFO((good.problems.empty() ? std::string() : good.problems[0]));
-  CHECK(good.ok);
-  CHECK(good.samples == 32);
-
-  ExportJson flipped = ex.doc;
-  auto bytes = exports::base64_decode(flipped["sites"][0]["mask"]["data"].get<std::string>());
-  bytes[0] ^= 1;
-  flipped["sites"][0]["mask"]["data"] = exports::base64_encode(bytes);
-  const auto flip_path = (run / "flip.json").string();
-  write_text(flip_path, flipped.dump());
-  const auto bad = trainer::verify_export(flip_path, ckpt, vo);
-  CHECK(!bad.ok);
-  REQUIRE(!bad.problems.empty());
-  CHECK_THAT(bad.problems[0], Contains("sites[0].kept"));
-
-  const std::string bin = AUTOREP_BINARY;
-  if (!fs::exists(bin)) {
-    WARN("no autorep binary at " << bin << ": CLI part skipped");
-    return;
-  }
-  auto sh = [&](const std::string& args) {
-    const std::string log = (run / "cli.log").string();
-    const int rc = std::system((bin + " " + args + " > " + log + " 2>&1").c_str());
-    return std::make_pair(WIFEXITED(rc) ? WEXITSTATUS(rc) : -1, read_text(log));
-  };
-  auto [rc, text] = sh("verify --threads 2 --batch 32 --export " + out + " --checkpoint " + ckpt);
-  INFO(text);
-  CHECK(rc == 0);
-  CHECK_THAT(text, Contains("verify: OK"));
-  std::tie(rc, text) = sh("verify --threads 2 --batch 32 --export " + flip_path + " --checkpoint " + ckpt);
-  CHECK(rc != 0);
-  CHECK_THAT(text, Contains("sites[0].kept"));
-  std::tie(rc, text) = sh("inspect " + out);
-  CHECK(rc == 0);
-  CHECK_THAT(text, Contains("act1") && Contains("reduction") && Contains("kept=" + std::to_string(ex.kept)));
-  std::tie(rc, text) = sh("inspect " + flip_path);
-  CHECK(rc != 0);
-  CHECK_THAT(text, Contains("sites[0].kept"));
-  std::tie(rc, text) = sh("export --no-eval --threads 2 --run " + run.string() + " --out " + (run / "again.json").string());
-  CHECK(rc == 0);
-  CHECK(exports::read_export((run / "again.json").string()).doc["sites"] == ex.doc["sites"]);
-  const auto cheap = run / "cheap.json";
-  write_text(cheap, search::to_json(exports::default_cost_table()).dump());
-  std::tie(rc, text) = sh("inspect --cost-table " + cheap.string() + " " + out);
-  CHECK(rc == 0);
-}

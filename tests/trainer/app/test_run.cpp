@@ -5,12 +5,20 @@
 #include <filesystem>
 
 #include "layers/gate.h"
+#include "trainer/app/run.h"
 #include "trainer/engine/config.h"
-#include "trainer/methods/reduction.h"
 #include "trainer/engine/loop.h"
+#include "trainer/methods/reduction.h"
+#include "trainer/methods/registry.h"
+#include "trainer/methods/run_model.h"
+#include "trainer/models/registry.h"
 
 using namespace autorep;
 using namespace autorep::trainer;
+using namespace autorep::trainer::app;
+using namespace autorep::trainer::engine;
+using namespace autorep::trainer::methods;
+using namespace autorep::trainer::models;
 namespace fs = std::filesystem;
 
 namespace {
@@ -44,7 +52,7 @@ const std::string& teacher() {
     RunOptions o;
     o.out_dir = d.string();
     o.quiet = true;
-    run_training(tiny("baseline"), o);
+    train_run(tiny("baseline"), o);
     return (d / "checkpoints" / "best.pt").string();
   }();
   return path;
@@ -57,7 +65,7 @@ RunResult run(Config c, const fs::path& out, int64_t stop = -1, bool resume = fa
   o.quiet = true;
   o.stop_after_steps = stop;
   o.resume = resume;
-  return run_training(c, o);
+  return train_run(c, o);
 }
 
 std::vector<torch::Tensor> masks_of(const std::string& checkpoint) {
@@ -74,10 +82,10 @@ TEST_CASE("every method and granularity ends within the exact budget and exports
     WARN("Fashion-MNIST not installed; skipped");
     return;
   }
-  for (const std::string method : {"autorep", "snl", "uniform", "random"}) {
+  for (const std::string& method : reduction_method_names()) {
     for (const std::string g : {"pixel", "channel"}) {
       Config c = tiny(method);
-      c.gate.granularity = g;
+      c.gate.granularity(autorep::layers::parse_granularity(g));
       c.train.epochs = 2;
       c.search.search_epochs = 1;
       const auto out = dir(method + g);

@@ -7,8 +7,12 @@
 #include <sstream>
 
 #include "trainer/app/sweep.h"
+#include "trainer/methods/run_config.h"
 
 using namespace autorep::trainer;
+using namespace autorep::trainer::app;
+using namespace autorep::trainer::engine;
+using namespace autorep::trainer::methods;
 namespace fs = std::filesystem;
 using autorep::test::fresh_dir;
 using autorep::test::have_fashion_mnist;
@@ -324,8 +328,18 @@ TEST_CASE("a two-budget sweep writes the table and plot, skips finished runs and
   CHECK_THROWS_WITH(run_sweep(sweep, oo), Catch::Contains("--only random-7pct: no such run") &&
                                               Catch::Contains("autorep-5pct, autorep-1000, random-5pct, random-1000"));
 
-  // A run that fails (a malformed budget) is recorded and the sweep goes on; the others are skipped.
-  const SweepConfig with_bad = sweep_config_from_json(tiny_sweep({"5%", "abc", 1000}), "tiny-sweep.json", "");
+  // A malformed budget fails when the sweep file is read, before anything trains.
+  CHECK_THROWS_WITH(sweep_config_from_json(tiny_sweep({"5%", "abc", 1000}), "tiny-sweep.json", ""),
+                    Catch::Contains("tiny-sweep.json: budgets[1]: not a number"));
+  CHECK_THROWS_WITH(sweep_config_from_json(tiny_sweep({"5%", "3 %"}), "tiny-sweep.json", ""),
+                    Catch::Contains("budgets[1]: not a number"));
+  CHECK_THROWS_WITH(sweep_config_from_json(tiny_sweep({"150%"}), "tiny-sweep.json", ""),
+                    Catch::Contains("budgets[0]: a percentage must be at most 100%"));
+
+  // A run that fails (a budget above the model's ReLUs, known only once the model is built) is
+  // recorded and the sweep goes on; the others are skipped.
+  const SweepConfig with_bad =
+      sweep_config_from_json(tiny_sweep({"5%", 1000000000, 1000}), "tiny-sweep.json", "");
   o.plot = false;
   const SweepResult r3 = run_sweep(with_bad, o);
   CHECK(r3.planned == 6);
@@ -334,12 +348,12 @@ TEST_CASE("a two-budget sweep writes the table and plot, skips finished runs and
   CHECK(r3.trained == 0);
   const auto rows3 = read_csv(out / "sweep.csv");
   REQUIRE(rows3.size() == 7);
-  for (const auto* name : {"autorep-abc", "random-abc"}) {
+  for (const auto* name : {"autorep-1000000000", "random-1000000000"}) {
     INFO(name);
     auto it = std::find_if(rows3.begin(), rows3.end(), [&](const auto& r) { return r.at("run_dir") == name; });
     REQUIRE(it != rows3.end());
     CHECK(it->at("status") == "failed");
-    CHECK(it->at("budget") == "abc");
+    CHECK(it->at("budget") == "1000000000");
     CHECK_THAT(it->at("error"), Catch::Contains("search.budget"));
     CHECK(it->at("relu_count").empty());
   }
@@ -351,7 +365,7 @@ TEST_CASE("a two-budget sweep writes the table and plot, skips finished runs and
   std::ifstream errors(out / "sweep-errors.txt");
   std::stringstream es;
   es << errors.rdbuf();
-  CHECK_THAT(es.str(), Catch::Contains("autorep-abc: ") && Catch::Contains("random-abc: "));
+  CHECK_THAT(es.str(), Catch::Contains("autorep-1000000000: ") && Catch::Contains("random-1000000000: "));
 
   // A finished run of another config is not silently reported as this sweep's result.
   nlohmann::json changed = tiny_sweep({"5%"});

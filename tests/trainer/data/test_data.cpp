@@ -11,6 +11,7 @@
 #include <vector>
 
 using namespace autorep::trainer;
+using namespace autorep::trainer::data;
 namespace fs = std::filesystem;
 
 namespace {

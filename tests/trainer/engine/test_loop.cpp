@@ -1,4 +1,5 @@
 #include "tests/torch_catch.h"
+#include "tests/trainer/engine/plain_method.h"
 #include "tests/trainer/test_util.h"
 
 #include <filesystem>
@@ -7,11 +8,18 @@
 #include "trainer/engine/checkpoint.h"
 #include "trainer/engine/config.h"
 #include "trainer/data/dataset.h"
-#include "trainer/models/net.h"
+#include "trainer/engine/evaluate.h"
+#include "trainer/engine/run_result.h"
+#include "trainer/models/registry.h"
 #include "trainer/engine/spike_guard.h"
 #include "trainer/engine/loop.h"
 
 using namespace autorep::trainer;
+using namespace autorep::trainer::engine;
+using namespace autorep::trainer::models;
+using namespace autorep::trainer::data;
+using autorep::test::load_model;
+using autorep::test::run_training;
 namespace fs = std::filesystem;
 using autorep::test::fresh_dir;
 using autorep::test::have_fashion_mnist;
@@ -73,8 +81,8 @@ TEST_CASE("a run stopped mid-epoch and resumed reproduces the uninterrupted run"
   for (size_t i = 0; i < la.size(); ++i) CHECK(lb[i] == Approx(la[i]).epsilon(1e-9));
   CHECK(rb.final_accuracy == Approx(ra.final_accuracy).epsilon(1e-12));
 
-  LoadedModel ma = load_model((a / "checkpoints" / "last.pt").string());
-  LoadedModel mb = load_model((b / "checkpoints" / "last.pt").string());
+  auto ma = load_model((a / "checkpoints" / "last.pt").string());
+  auto mb = load_model((b / "checkpoints" / "last.pt").string());
   auto pa = ma.model->named_parameters(), pb = mb.model->named_parameters();
   for (const auto& kv : pa) CHECK(torch::allclose(kv.value(), pb[kv.key()], 1e-6, 1e-7));
   auto ba = ma.model->named_buffers(), bb = mb.model->named_buffers();

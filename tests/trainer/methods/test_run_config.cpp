@@ -3,8 +3,11 @@
 #include <filesystem>
 
 #include "trainer/engine/config.h"
+#include "trainer/methods/run_config.h"
 
 using namespace autorep::trainer;
+using namespace autorep::trainer::engine;
+using namespace autorep::trainer::methods;
 using nlohmann::json;
 
 TEST_CASE("defaults resolve and round-trip through JSON", "[config]") {

@@ -3,9 +3,11 @@
 #include <set>
 
 #include "trainer/models/net.h"
+#include "trainer/models/registry.h"
 
 using namespace autorep;
 using namespace autorep::trainer;
+using namespace autorep::trainer::models;
 
 namespace {
 int64_t total_for(const std::string& name, std::vector<int64_t> input, bool stem_relu = true) {
