@@ -17,27 +17,10 @@
 #include "trainer/engine/evaluate.h"
 #include "trainer/engine/loop.h"
 
-#include "layers/util/text.h"
-#include "trainer/data/dataset.h"
-#include "trainer/engine/config.h"
-#include "trainer/engine/device.h"
-#include "trainer/engine/evaluate.h"
-#include "trainer/engine/run_result.h"
-#include "trainer/methods/registry.h"
-#include "trainer/methods/run_config.h"
-#include "trainer/methods/run_model.h"
-#include "trainer/models/registry.h"
+#include "layers/util/json_check.h"
+#include "trainer/app/common.h"
 
 namespace autorep::trainer::app {
-
-using namespace engine;
-using namespace methods;
-using namespace models;
-using data::DataOptions;
-using data::DataSplits;
-using data::load_dataset;
-using util::shape_text;
-using util::with_commas;
 
 void add_dist_options(CLI::App& command, dist::Options& options) {
   command.add_option("--dist-backend", options.backend,
@@ -126,6 +109,9 @@ int cmd_count(const std::string& model, const std::string& input, int64_t classe
 void add_training_commands(CLI::App& app, Commands& out) {
   auto ta = std::make_shared<TrainArgs>();
   auto* train = app.add_subcommand("train", "Train a model (baseline or a ReLU-reduction method) from a JSON config");
+  std::string methods_help = "Methods (config key `method`):";
+  for (const auto& m : registry()) methods_help += "\n  " + m.name + ": " + m.summary;
+  train->footer(methods_help);
   train->add_option("--config,-c", ta->config, "JSON run config (see configs/)");
   train->add_option("--set", ta->sets, "Override a config key: a.b=value (repeatable)");
   train->add_option("--out,-o", ta->out, "Run directory (default runs/<method>-<model>)");
@@ -154,7 +140,7 @@ void add_training_commands(CLI::App& app, Commands& out) {
   };
   auto ca = std::make_shared<CountArgs>();
   auto* count = app.add_subcommand("count", "List a model's ReLU sites with their shapes and counts, and the total");
-  count->add_option("--model", ca->model, "mlp | cnn-small | resnet18 | resnet20 | wrn-22-8 | vgg16")->required();
+  count->add_option("--model", ca->model, util::join(model_names(), " | "))->required();
   count->add_option("--input", ca->input, "Input shape CxHxW (default 3x32x32)");
   count->add_option("--classes", ca->classes, "Number of classes (default 10)");
   count->add_flag("--no-stem-relu", ca->no_stem, "resnet18: no ReLU after the stem convolution");

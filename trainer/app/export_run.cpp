@@ -12,27 +12,9 @@
 #include "search/budget.h"
 #include "trainer/data/dataset.h"
 
-#include "layers/util/text.h"
-#include "trainer/data/dataset.h"
-#include "trainer/engine/config.h"
-#include "trainer/engine/device.h"
-#include "trainer/engine/evaluate.h"
-#include "trainer/engine/run_result.h"
-#include "trainer/methods/registry.h"
-#include "trainer/methods/run_config.h"
-#include "trainer/methods/run_model.h"
-#include "trainer/models/registry.h"
+#include "trainer/app/common.h"
 
 namespace autorep::trainer::app {
-
-using namespace engine;
-using namespace methods;
-using namespace models;
-using data::DataOptions;
-using data::DataSplits;
-using data::load_dataset;
-using util::shape_text;
-using util::with_commas;
 
 namespace fs = std::filesystem;
 

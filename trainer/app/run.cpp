@@ -10,27 +10,9 @@
 #include "trainer/methods/registry.h"
 #include "trainer/methods/run_model.h"
 
-#include "layers/util/text.h"
-#include "trainer/data/dataset.h"
-#include "trainer/engine/config.h"
-#include "trainer/engine/device.h"
-#include "trainer/engine/evaluate.h"
-#include "trainer/engine/run_result.h"
-#include "trainer/methods/registry.h"
-#include "trainer/methods/run_config.h"
-#include "trainer/methods/run_model.h"
-#include "trainer/models/registry.h"
+#include "trainer/app/common.h"
 
 namespace autorep::trainer::app {
-
-using namespace engine;
-using namespace methods;
-using namespace models;
-using data::DataOptions;
-using data::DataSplits;
-using data::load_dataset;
-using util::shape_text;
-using util::with_commas;
 
 engine::RunResult train_run(const engine::Config& config, const engine::RunOptions& options) {
   engine::RunResult r = methods::train(config, options);
