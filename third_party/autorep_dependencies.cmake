@@ -83,8 +83,15 @@ function(autorep_library name)
     target_link_libraries(${name} PUBLIC OpenMP::OpenMP_CXX)
   endif()
   target_compile_options(${name} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Wno-unused-parameter>)
-  # Every source includes LibTorch; one precompiled header per target saves most of the compile time.
-  target_precompile_headers(${name} PRIVATE "$<$<COMPILE_LANGUAGE:CXX>:<torch/torch.h>>")
+  # Every source includes LibTorch: the first library compiles <torch/torch.h> once as a
+  # precompiled header and every later one reuses it (they share flags and definitions).
+  get_property(_pch_owner GLOBAL PROPERTY AUTOREP_PCH_OWNER)
+  if(_pch_owner)
+    target_precompile_headers(${name} REUSE_FROM ${_pch_owner})
+  else()
+    target_precompile_headers(${name} PRIVATE "$<$<COMPILE_LANGUAGE:CXX>:<torch/torch.h>>")
+    set_property(GLOBAL PROPERTY AUTOREP_PCH_OWNER ${name})
+  endif()
   if(AUTOREP_TORCH_CXX_FLAGS)
     separate_arguments(_flags UNIX_COMMAND "${AUTOREP_TORCH_CXX_FLAGS}")
     target_compile_options(${name} PUBLIC $<$<COMPILE_LANGUAGE:CXX>:${_flags}>)
