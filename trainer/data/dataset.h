@@ -22,6 +22,9 @@ struct DataOptions {
   int64_t image_size = 0;     ///< image-folder only: resize side (0 = keep; all images must agree)
   int64_t limit_train = 0;    ///< use only the first N training samples (0 = all)
   int64_t limit_test = 0;     ///< use only the first N test samples (0 = all)
+  /// Training images held out as the validation split (after limit_train), chosen from the run's
+  /// seed; checkpoints are selected on it. 0: none (best.pt is then selected on test accuracy).
+  int64_t val_split = 0;
 };
 
 /// One split of a data set, held in memory.
@@ -35,6 +38,7 @@ struct Dataset {
 struct DataSplits {
   std::string name;
   Dataset train;
+  Dataset val;   ///< held out of the training images (empty without data.val_split)
   Dataset test;
   int64_t classes = 0;
   std::vector<int64_t> input_shape;  ///< C, H, W
@@ -53,7 +57,10 @@ std::vector<std::string> dataset_names();
 /// missing, truncated, corrupt or wrong-magic file. Image folders are stored class-interleaved
 /// (round robin over the sorted class names, files sorted within a class), so `limit_*` keeps
 /// every class; their mean/std are computed from the training images loaded.
-DataSplits load_dataset(const DataOptions& options);
+/// With data.val_split = V > 0, V training images chosen by a permutation seeded from `seed`
+/// (the run's train.seed, so every process and every resume holds the same split) become `val`,
+/// the rest stay `train`, both in their original order.
+DataSplits load_dataset(const DataOptions& options, uint64_t seed = 0);
 
 /// Reads an IDX image file (magic 2051, unsigned bytes, 3 dimensions), gzip-compressed or plain
 /// (zlib reads both): uint8 N x 1 x H x W. Throws naming the file for a missing file, bad magic,

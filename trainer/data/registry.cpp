@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 #include <functional>
+#include <tuple>
 
 #include "layers/util/json_check.h"
 #include "trainer/data/loaders.h"
@@ -88,6 +89,22 @@ const DatasetSpec& find_spec(const std::string& name) {
   throw std::runtime_error("data.name: unknown data set \"" + name + "\" (known: " + util::join(dataset_names()) + ")");
 }
 
+// Moves `count` training images, chosen by a seeded permutation, into the validation split.
+void hold_out_validation(DataSplits& out, int64_t count, uint64_t seed) {
+  const int64_t n = out.train.size();
+  if (count >= n)
+    throw std::runtime_error("data.val_split: " + std::to_string(count) + " of the " + std::to_string(n) +
+                             " training images leaves none to train on");
+  // Epoch -1 is a permutation no training epoch (0, 1, ...) draws.
+  const auto order = epoch_order(n, seed, -1);
+  const auto val_idx = std::get<0>(order.slice(0, 0, count).sort());
+  const auto train_idx = std::get<0>(order.slice(0, count, n).sort());
+  out.val.images = out.train.images.index_select(0, val_idx);
+  out.val.labels = out.train.labels.index_select(0, val_idx);
+  out.train.images = out.train.images.index_select(0, train_idx);
+  out.train.labels = out.train.labels.index_select(0, train_idx);
+}
+
 }  // namespace
 
 
@@ -99,7 +116,7 @@ std::vector<std::string> dataset_names() {
   return names;
 }
 
-DataSplits load_dataset(const DataOptions& options) {
+DataSplits load_dataset(const DataOptions& options, uint64_t seed) {
   const DatasetSpec& spec = find_spec(options.name);
   auto bad = [](const std::string& key, int64_t value, const std::string& valid) {
     throw std::runtime_error("data." + key + ": " + std::to_string(value) + " is not valid; expected " + valid);
@@ -108,6 +125,7 @@ DataSplits load_dataset(const DataOptions& options) {
   if (options.flip < -1 || options.flip > 1) bad("flip", options.flip, "-1 (data set default), 0 or 1");
   if (options.limit_train < 0) bad("limit_train", options.limit_train, ">= 0 (0 = all)");
   if (options.limit_test < 0) bad("limit_test", options.limit_test, ">= 0 (0 = all)");
+  if (options.val_split < 0) bad("val_split", options.val_split, ">= 0 (0 = no validation split)");
   if (options.batch_size <= 0) bad("batch_size", options.batch_size, "> 0");
   if (options.eval_batch_size <= 0) bad("eval_batch_size", options.eval_batch_size, "> 0");
   if (options.image_size < 0) bad("image_size", options.image_size, ">= 0 (0 = keep)");
@@ -137,6 +155,7 @@ DataSplits load_dataset(const DataOptions& options) {
   TORCH_INTERNAL_ASSERT(static_cast<int64_t>(out.mean.size()) == out.input_shape[0] && out.mean.size() == out.std.size());
   out.crop_padding = options.crop_padding >= 0 ? options.crop_padding : spec.crop_padding;
   out.flip = options.flip >= 0 ? options.flip == 1 : spec.flip;
+  if (options.val_split > 0) hold_out_validation(out, options.val_split, seed);
   return out;
 }
 

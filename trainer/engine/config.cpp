@@ -11,7 +11,7 @@
 
 namespace autorep::trainer::data {
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(DataOptions, name, path, batch_size, eval_batch_size,
-                                                crop_padding, flip, image_size, limit_train, limit_test)
+                                                crop_padding, flip, image_size, limit_train, limit_test, val_split)
 }  // namespace autorep::trainer::data
 
 namespace autorep::trainer::engine {

@@ -147,10 +147,12 @@ class TrainingRun {
     torch::manual_seed(config_.train.seed);
 
     const auto t_data = Clock::now();
-    data_ = data::load_dataset(config_.data);
-    report_->line("data: " + data_.name + " train " + std::to_string(data_.train.size()) + " test " +
-                  std::to_string(data_.test.size()) + " (" +
+    data_ = data::load_dataset(config_.data, config_.train.seed);
+    report_->line("data: " + data_.name + " train " + std::to_string(data_.train.size()) + " val " +
+                  std::to_string(data_.val.size()) + " test " + std::to_string(data_.test.size()) + " (" +
                   std::to_string(std::chrono::duration<double>(Clock::now() - t_data).count()).substr(0, 4) + " s)");
+    if (data_.val.size() == 0)
+      report_->line("note: no validation split (data.val_split 0): best.pt is selected on test accuracy");
 
     spec_ = model_spec(config_, data_.input_shape, data_.classes);
     ctx_.config = &config_;
@@ -202,6 +204,8 @@ class TrainingRun {
     correct_ = s.at("correct");
     seen_ = s.at("seen");
     best_acc_ = s.at("best_accuracy");
+    best_test_acc_ = s.value("best_test_accuracy", best_acc_);
+    best_val_acc_ = s.value("best_val_accuracy", -1.0);
     saved_phase_ = s.at("phase");
     elapsed_before_ = s.value("seconds", 0.0);
     method_.load_state(s.at("method"));
@@ -250,6 +254,8 @@ class TrainingRun {
             {"correct", correct_},
             {"seen", seen_},
             {"best_accuracy", best_acc_},
+            {"best_test_accuracy", best_test_acc_},
+            {"best_val_accuracy", best_val_acc_},
             {"seconds", elapsed_before_ + std::chrono::duration<double>(Clock::now() - t_start_).count()},
             {"method", method_.state()},
             {"model_spec", models::spec_to_json(spec_)}};
@@ -357,20 +363,34 @@ class TrainingRun {
          << 100.0 * m["train_accuracy"].get<double>() << "%";
     bool improved = false;
     if (do_eval) {
+      const bool has_val = data_.val.size() > 0;
+      EvalResult val;
+      if (has_val) val = evaluate(*ctx_.model, data_, data_.val, device_, config_.data.eval_batch_size, group_);
       const EvalResult ev = evaluate(*ctx_.model, data_, data_.test, device_, config_.data.eval_batch_size, group_);
       last_acc_ = ev.accuracy;
-      append_metrics({{"type", "eval"},
-                      {"epoch", epoch_ + 1},
-                      {"phase", phase.name()},
-                      {"test_accuracy", ev.accuracy},
-                      {"test_loss", ev.loss},
-                      {"test_nonfinite", ev.nonfinite},
-                      {"kept_relus", m["kept_relus"]}});
+      nlohmann::json record = {{"type", "eval"},
+                               {"epoch", epoch_ + 1},
+                               {"phase", phase.name()},
+                               {"test_accuracy", ev.accuracy},
+                               {"test_loss", ev.loss},
+                               {"test_nonfinite", ev.nonfinite},
+                               {"kept_relus", m["kept_relus"]}};
+      if (has_val) {
+        record["val_accuracy"] = val.accuracy;
+        record["val_loss"] = val.loss;
+        record["val_nonfinite"] = val.nonfinite;
+        line << " | val acc " << std::setprecision(2) << 100.0 * val.accuracy << "%";
+      }
+      append_metrics(record);
       line << " | test loss " << std::setprecision(4) << ev.loss << " acc " << std::setprecision(2)
            << 100.0 * ev.accuracy << "%";
       if (ev.nonfinite > 0) line << " (" << ev.nonfinite << " with non-finite logits, counted wrong)";
-      if (method_.may_be_best(ctx_, phase) && ev.accuracy > best_acc_) {
-        best_acc_ = ev.accuracy;
+      // best.pt is chosen on validation accuracy when there is a validation split.
+      const double score = has_val ? val.accuracy : ev.accuracy;
+      if (method_.may_be_best(ctx_, phase) && score > best_acc_) {
+        best_acc_ = score;
+        best_test_acc_ = ev.accuracy;
+        best_val_acc_ = has_val ? val.accuracy : -1.0;
         improved = true;
       }
     }
@@ -396,14 +416,17 @@ class TrainingRun {
 
   RunResult finish() {
     result_.completed = true;
-    result_.best_accuracy = best_acc_;
+    result_.best_accuracy = best_test_acc_;
+    result_.best_val_accuracy = best_val_acc_;
     result_.final_accuracy = last_acc_;
     result_.kept_relus = layers::kept_relus(ctx_.model->sites());
     result_.total_relus = layers::total_relus(ctx_.model->sites());
     grad_sync_.reset();
     result_.seconds = elapsed_before_ + std::chrono::duration<double>(Clock::now() - t_start_).count();
     std::ostringstream done;
-    done << "done: best test accuracy " << std::fixed << std::setprecision(2) << 100.0 * best_acc_ << "%, ReLUs "
+    done << "done: best test accuracy " << std::fixed << std::setprecision(2) << 100.0 * best_test_acc_ << "%";
+    if (best_val_acc_ >= 0) done << " (checkpoint selected on validation accuracy " << 100.0 * best_val_acc_ << "%)";
+    done << ", ReLUs "
          << result_.kept_relus << "/" << result_.total_relus << ", " << std::setprecision(0) << result_.seconds
          << " s; checkpoints in " << (out_ / "checkpoints").string();
     report_->line(done.str());
@@ -438,7 +461,10 @@ class TrainingRun {
 
   // Position and this epoch's accumulators (saved in every checkpoint).
   int64_t epoch_ = 0, step_in_epoch_ = 0;
-  double loss_sum_ = 0.0, best_acc_ = -1.0;
+  double loss_sum_ = 0.0;
+  double best_acc_ = -1.0;       // what best.pt is selected on: validation accuracy, else test accuracy
+  double best_test_acc_ = -1.0;  // test accuracy of best.pt
+  double best_val_acc_ = -1.0;   // validation accuracy of best.pt (-1: no validation split)
   int64_t correct_ = 0, seen_ = 0;
   nlohmann::json part_sums_ = nlohmann::json::object();  // each loss part summed over this epoch's samples
   int64_t skipped_steps_ = 0;                            // loss spikes skipped this epoch

@@ -26,7 +26,8 @@ struct RunOptions {
 struct RunResult {
   std::string out_dir;
   std::string best_checkpoint;  ///< out_dir/checkpoints/best.pt
-  double best_accuracy = 0.0;   ///< best test accuracy among checkpoints eligible for best.pt
+  double best_accuracy = 0.0;   ///< test accuracy of best.pt (the eligible checkpoint best on validation, or on test without a split)
+  double best_val_accuracy = -1.0;  ///< validation accuracy of best.pt (-1: no validation split)
   double final_accuracy = 0.0;  ///< test accuracy after the last epoch
   int64_t kept_relus = 0;       ///< of the final model, per sample
   int64_t total_relus = 0;

@@ -11,13 +11,15 @@ namespace fs = std::filesystem;
 
 nlohmann::json run_result_json(const Config& config, const RunResult& r) {
   if (r.summary.is_null()) {  // nothing was exported: an all-ReLU run
-    return {{"method", config.method},
-            {"accuracy", r.best_accuracy},
-            {"final_accuracy", r.final_accuracy},
-            {"relu_count", r.kept_relus},
-            {"total_relus", r.total_relus},
-            {"seconds", r.seconds},
-            {"checkpoint", "checkpoints/best.pt"}};
+    nlohmann::json j = {{"method", config.method},
+                        {"accuracy", r.best_accuracy},
+                        {"final_accuracy", r.final_accuracy},
+                        {"relu_count", r.kept_relus},
+                        {"total_relus", r.total_relus},
+                        {"seconds", r.seconds},
+                        {"checkpoint", "checkpoints/best.pt"}};
+    if (r.best_val_accuracy >= 0) j["val_accuracy"] = r.best_val_accuracy;
+    return j;
   }
   const nlohmann::json& s = r.summary;
   std::string export_path;
@@ -28,15 +30,17 @@ nlohmann::json run_result_json(const Config& config, const RunResult& r) {
   const double accuracy = s.is_object() && s.contains("accuracy") && s["accuracy"].is_number()
                               ? s["accuracy"].get<double>()
                               : (r.best_accuracy >= 0 ? r.best_accuracy : r.final_accuracy);
-  return {{"method", config.method},
-          {"budget", config.search.budget.json()},
-          {"relu_count", relus},
-          {"total_relus", r.total_relus},
-          {"accuracy", accuracy},
-          {"best_accuracy", r.best_accuracy},
-          {"final_accuracy", r.final_accuracy},
-          {"seconds", r.seconds},
-          {"export_path", export_path}};
+  nlohmann::json j = {{"method", config.method},
+                      {"budget", config.search.budget.json()},
+                      {"relu_count", relus},
+                      {"total_relus", r.total_relus},
+                      {"accuracy", accuracy},
+                      {"best_accuracy", r.best_accuracy},
+                      {"final_accuracy", r.final_accuracy},
+                      {"seconds", r.seconds},
+                      {"export_path", export_path}};
+  if (r.best_val_accuracy >= 0) j["val_accuracy"] = r.best_val_accuracy;
+  return j;
 }
 
 nlohmann::json write_run_result(const Config& config, const RunResult& r) {

@@ -12,7 +12,9 @@ namespace autorep::trainer::engine {
 /// by sweeps; paths relative to the run folder). Reduction runs: method, budget, relu_count,
 /// total_relus, accuracy (of the exported model), best_accuracy, final_accuracy, seconds,
 /// export_path. Baselines: method, accuracy (best), final_accuracy, relu_count, total_relus,
-/// seconds, checkpoint. `result.summary` is the export's summary ({"path", "kept", "accuracy"
+/// seconds, checkpoint. Both add val_accuracy, the validation accuracy best.pt was selected on,
+/// when the run has a validation split (`accuracy` is then the test accuracy of that checkpoint).
+/// `result.summary` is the export's summary ({"path", "kept", "accuracy"
 /// ...}; null for a baseline).
 nlohmann::json run_result_json(const Config& config, const RunResult& result);
 /// Writes run_result_json() to `<result.out_dir>/result.json` atomically (rank 0 only) and

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -595,4 +596,43 @@ TEST_CASE("make_batch flip mirrors and crop shifts with zero padding", "[data][b
   }
   CHECK(shifted > n / 2);
   CHECK_THROWS(make_batch(d, d.train, torch::tensor({n}, torch::kLong), true, 0));
+}
+
+TEST_CASE("the validation split is seeded, disjoint from the training images, and covers them with it",
+          "[data][val]") {
+  if (!std::filesystem::exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")) {
+    WARN("Fashion-MNIST not installed; skipped");
+    return;
+  }
+  DataOptions o;
+  o.limit_train = 600;
+  o.limit_test = 10;
+  const DataSplits all = load_dataset(o);
+  CHECK(all.val.size() == 0);
+  o.val_split = 100;
+  const DataSplits a = load_dataset(o, 7), again = load_dataset(o, 7), other = load_dataset(o, 8);
+  REQUIRE(a.val.size() == 100);
+  REQUIRE(a.train.size() == 500);
+  CHECK(torch::equal(a.val.images, again.val.images));
+  CHECK(torch::equal(a.train.labels, again.train.labels));
+  CHECK_FALSE(torch::equal(a.val.images, other.val.images));
+  // Every image is in exactly one of the two splits, with its own label.
+  auto rows = [](const Dataset& d) {
+    std::multiset<std::string> out;
+    const auto flat = d.images.reshape({d.size(), -1}).contiguous();
+    for (int64_t i = 0; i < d.size(); ++i)
+      out.insert(std::string(reinterpret_cast<const char*>(flat[i].data_ptr<uint8_t>()), flat.size(1)) +
+                 std::to_string(d.labels[i].item<int64_t>()));
+    return out;
+  };
+  auto both = rows(a.train);
+  const auto val = rows(a.val);
+  both.insert(val.begin(), val.end());
+  CHECK(both == rows(all.train));
+  const auto train = rows(a.train);
+  for (const auto& r : val) CHECK(train.count(r) == 0);
+  o.val_split = 600;
+  CHECK_THROWS_WITH(load_dataset(o), Catch::Contains("data.val_split") && Catch::Contains("none to train on"));
+  o.val_split = -1;
+  CHECK_THROWS_WITH(load_dataset(o), Catch::Contains("data.val_split"));
 }

@@ -291,3 +291,36 @@ TEST_CASE("an outlier batch is skipped and the run goes on, and is taken without
   fs::remove_all(b);
   fs::remove_all(u);
 }
+
+TEST_CASE("with a validation split best.pt is the eligible epoch best on validation, and both accuracies are recorded",
+          "[train][val]") {
+  if (!have_fashion_mnist()) return;
+  Config c = tiny_config();
+  c.train.epochs = 3;
+  c.data.limit_train = 640;
+  c.data.val_split = 128;
+  const auto dir = fresh_dir("val-select");
+  RunOptions o;
+  o.out_dir = dir.string();
+  o.quiet = true;
+  const RunResult r = run_training(c, o);
+  REQUIRE(r.completed);
+  const auto evals = autorep::test::read_metrics(dir, "eval");
+  REQUIRE(evals.size() == 3);
+  size_t best = 0;
+  for (size_t i = 0; i < evals.size(); ++i) {
+    REQUIRE(evals[i].contains("val_accuracy"));
+    REQUIRE(evals[i].contains("test_accuracy"));
+    if (evals[i]["val_accuracy"].get<double>() > evals[best]["val_accuracy"].get<double>()) best = i;
+  }
+  // best.pt holds the position after its epoch; its accuracies are that epoch's.
+  const CheckpointMeta meta = read_checkpoint_meta((dir / "checkpoints" / "best.pt").string());
+  CHECK(meta.state.at("epoch") == evals[best]["epoch"]);
+  CHECK(r.best_val_accuracy == evals[best]["val_accuracy"].get<double>());
+  CHECK(r.best_accuracy == evals[best]["test_accuracy"].get<double>());
+  const nlohmann::json j = run_result_json(c, r);
+  CHECK(j.at("val_accuracy") == evals[best]["val_accuracy"]);
+  CHECK(j.at("accuracy") == evals[best]["test_accuracy"]);
+  CHECK(autorep::test::read_text(dir / "log.txt").find("train 512 val 128") != std::string::npos);
+  fs::remove_all(dir);
+}
