@@ -46,7 +46,9 @@ void append_jsonl(const std::string& path, const nlohmann::json& j) {
   out << j.dump() << "\n";
 }
 
-// Independent augmentation per (seed, epoch, step).
+// Independent augmentation per (seed, epoch, step): splitmix64's mix of a linear key. The key is
+// offset by the golden gamma splitmix64 adds, so the seeds (and every recorded run's batches)
+// are the ones this function gave before it used util::splitmix64.
 uint64_t batch_seed(uint64_t seed, int64_t epoch, int64_t step) {
   return util::splitmix64(seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(epoch) * 0xBF58476D1CE4E5B9ull +
                           static_cast<uint64_t>(step) * 0x94D049BB133111EBull + 0x2545F4914F6CDD1Dull -
