@@ -6,6 +6,7 @@
 #include <sstream>
 #include <type_traits>
 
+#include "layers/curvature.h"
 #include "layers/gate_function.h"
 
 namespace autorep::layers {
@@ -96,7 +97,7 @@ void GateImpl::refit() {
   const double s1 = options_.scale1(), s2 = options_.scale2();
   if (dp.sigma() == "std") {
     // 1e-5 as in batch norm: a dead channel still gets a finite fit.
-    const auto f = dapa_fit(mean, var.clamp_min(1e-5).sqrt(), options_.degree());
+    const auto f = dapa_fit(mean, dp.sigma_scale() * var.clamp_min(1e-5).sqrt(), options_.degree());
     c0_.copy_(f.w0);
     c1_.copy_(f.w1 / s1);
     c2_.copy_(f.w2 / s2);
@@ -106,6 +107,25 @@ void GateImpl::refit() {
     c1_.copy_(f.w1 / s1);
     c2_.copy_(f.w2 / dp.w2_div());
   }
+}
+
+void GateImpl::begin_calibration() {
+  calibration_ = torch::zeros({2, options_.shape()[0]}, torch::TensorOptions().dtype(torch::kDouble));
+  calibration_count_ = 0;
+}
+
+void GateImpl::end_calibration() {
+  TORCH_CHECK(calibrating(), "gate: end_calibration() without begin_calibration()");
+  const auto sums = calibration_;
+  const int64_t n = calibration_count_;
+  calibration_ = torch::Tensor();
+  if (n < 2) return;
+  torch::NoGradGuard no_grad;
+  const auto mean = sums[0] / n;
+  const auto var = ((sums[1] - sums[0] * mean) / (n - 1)).clamp_min(0);
+  running_mean_.copy_(mean);
+  running_var_.copy_(var);
+  refit();
 }
 
 void GateImpl::update_running_stats(const torch::Tensor& moments, int64_t count) {
@@ -137,6 +157,14 @@ torch::Tensor GateImpl::forward(const torch::Tensor& x) {
   const double s1 = options_.scale1(), s2 = options_.scale2();
   const int64_t deg = options_.degree();
   const auto aux = frozen_ ? aux_.detach() : aux_;
+  if (calibrating()) {
+    torch::NoGradGuard no_grad;
+    std::vector<int64_t> dims{0};
+    for (int64_t d = 2; d < x.dim(); ++d) dims.push_back(d);
+    const auto xd = x.detach().to(torch::kDouble);
+    calibration_.add_(torch::stack({xd.sum(dims), (xd * xd).sum(dims)}).cpu());
+    calibration_count_ += x.numel() / std::max<int64_t>(s[0], 1);
+  }
   if (!is_training()) {
     return options_.fused() ? gate_fused(x, aux, mask_, c0_, c1_, c2_, s1, s2, deg)
                             : gate_composite(x, aux, mask_, c0_, c1_, c2_, s1, s2, deg);
@@ -269,8 +297,31 @@ int64_t total_relus(const std::vector<std::shared_ptr<GateImpl>>& gates) {
   return n;
 }
 
+void begin_calibration(torch::nn::Module& model) {
+  for (const auto& g : gates(model)) g->begin_calibration();
+}
+
+void end_calibration(torch::nn::Module& model) {
+  for (const auto& g : gates(model)) g->end_calibration();
+}
+
 void set_frozen(torch::nn::Module& model, bool frozen) {
   for (const auto& g : gates(model)) g->set_frozen(frozen);
+}
+
+void cap_curvature(torch::nn::Module& model) { cap_curvature(gates(model)); }
+
+void cap_curvature(const std::vector<std::shared_ptr<GateImpl>>& gates) {
+  torch::NoGradGuard no_grad;
+  for (const auto& g : gates) {
+    const auto& o = g->options();
+    if (o.degree() < 2 || o.dapa().sigma() != "std") continue;
+    // φ(0) / (2 k σ) for s2*c2, i.e. φ(0) / (2 k σ s2) for c2.
+    const auto limit = (1.0 / std::sqrt(2.0 * M_PI)) /
+                       (2.0 * o.dapa().sigma_scale() * o.scale2() * g->running_var().clamp_min(1e-5).sqrt());
+    torch::Tensor c2 = g->c2();
+    c2.copy_(torch::max(torch::min(c2, limit), -limit));
+  }
 }
 
 void set_moment_reducer(torch::nn::Module& model, const MomentReducer& reducer) {

@@ -39,6 +39,12 @@ struct DapaOptions {
   /// "var": the reference behaviour: sigma = max(var, var_floor) (the variance used as the
   /// scale), stored as (c0, c1, c2) = (w0/w0_div, w1/s1, w2/w2_div).
   TORCH_ARG(std::string, sigma) = "std";
+  /// "std": fit under N(mean, (k*sigma)^2) with k = sigma_scale >= 1. A quadratic fitted to the
+  /// data's own spread leaves relu's shape beyond about 2.5 sigma and grows like x^2 from there,
+  /// so an input in the tail comes out further in the tail; in a residual stream of polynomial
+  /// sites the tails compound from block to block. A wider fit keeps the polynomial close to relu
+  /// k times further out (its curvature is k times smaller).
+  TORCH_ARG(double, sigma_scale) = 3.0;
   /// Lower clip of the running variance in "var" mode.
   TORCH_ARG(double, var_floor) = 0.5;
   /// Divisor of the constant term in "var" mode.
@@ -51,6 +57,10 @@ struct DapaOptions {
   TORCH_ARG(int64_t, refit_until) = 500;
   /// EMA momentum of the running per-channel mean/var: r = (1-m)*r + m*batch.
   TORCH_ARG(double, momentum) = 0.1;
+  /// Training batches whose exact statistics start the running mean/var before the first step
+  /// (the calibration pass of the reduction methods, see begin_calibration); 0: start from the
+  /// N(0, 1) prior.
+  TORCH_ARG(int64_t, calibration_batches) = 10;
 };
 
 /// Options of one gate. The shape is the per-sample input shape of its site.
@@ -106,6 +116,14 @@ class GateImpl : public torch::nn::Cloneable<GateImpl>, public ActivationSite {
   void hysteresis_update(double threshold);
   /// Overwrite c0, c1, c2 with the DaPa fit of the running statistics (no autograd).
   void refit();
+  /// Calibration: from begin_calibration() to end_calibration() every forward, in either mode,
+  /// adds its batch's exact per-channel sums (in double); end_calibration() sets running_mean and
+  /// running_var to the exact mean and unbiased variance of all it saw and refits, so DaPa starts
+  /// from the activations' real distribution rather than the N(0, 1) prior. Without any input
+  /// seen, end_calibration() leaves the statistics as they were.
+  void begin_calibration();
+  void end_calibration();
+  bool calibrating() const { return calibration_.defined(); }
   /// True when the last training forward refitted the coefficients: their optimiser state is
   /// stale (see reset_optimizer_state / refitted_coefficients).
   bool refitted_last_step() const { return refitted_last_step_; }
@@ -144,6 +162,8 @@ class GateImpl : public torch::nn::Cloneable<GateImpl>, public ActivationSite {
   torch::Tensor aux_, mask_, c0_, c1_, c2_, running_mean_, running_var_, step_;
   bool frozen_ = false;
   MomentReducer moment_reducer_;
+  torch::Tensor calibration_;  // [sum x (C), sum x^2 (C)] in double while calibrating
+  int64_t calibration_count_ = 0;
   bool refitted_last_step_ = false;
   int64_t refit_count_ = 0;
   // Host copy of the step buffer, trusted while the buffer is the same tensor at the same
@@ -172,6 +192,9 @@ std::vector<torch::Tensor> aux_parameters(torch::nn::Module& model);
 std::vector<torch::Tensor> coefficient_parameters(torch::nn::Module& model);
 /// Coefficients of the gates whose last training forward refitted them.
 std::vector<torch::Tensor> refitted_coefficients(torch::nn::Module& model);
+/// begin_calibration() / end_calibration() on every gate of `model`.
+void begin_calibration(torch::nn::Module& model);
+void end_calibration(torch::nn::Module& model);
 /// Mask freezing for every gate of `model`.
 void set_frozen(torch::nn::Module& model, bool frozen);
 

@@ -40,6 +40,15 @@ GateProblem make_problem(const torch::Tensor& x, const torch::Tensor& aux, const
     TORCH_CHECK(c->numel() == pr.c, "gate: coefficients must have C = ", pr.c,
                 " elements, got shape ", c->sizes());
   }
+  // The kernels read every tensor at x's device (their dtypes are converted): a tensor left on
+  // another device would be a host pointer on the GPU, or the reverse.
+  const std::pair<const char*, const torch::Tensor*> named[] = {
+      {"aux", &aux}, {"mask", &mask}, {"c0", &c0}, {"c1", &c1}, {"c2", &c2}};
+  for (const auto& [name, t] : named) {
+    TORCH_CHECK(t->device() == x.device(), "gate: ", name, " is on ", t->device(), " but the input is on ",
+                x.device(), " (move the gate with the model: model->to(device))");
+    TORCH_CHECK(t->is_floating_point(), "gate: ", name, " must be a floating-point tensor, got ", t->scalar_type());
+  }
   return pr;
 }
 
@@ -190,9 +199,27 @@ torch::Tensor gate_composite(const torch::Tensor& x, const torch::Tensor& aux,
   } else {
     mb = m.reshape(std::vector<int64_t>(x.dim(), 1));
   }
-  auto poly = c0.reshape(channel_view) + s1 * c1.reshape(channel_view) * x;
-  if (degree >= 2) poly = poly + s2 * c2.reshape(channel_view) * x * x;
-  return mb * torch::relu(x) + (1 - mb) * poly;
+  auto poly_of = [&](const torch::Tensor& v) {
+    auto p = c0.reshape(channel_view) + s1 * c1.reshape(channel_view) * v;
+    if (degree >= 2) p = p + s2 * c2.reshape(channel_view) * v * v;
+    return p;
+  };
+  const auto relu = torch::relu(x);
+  // Select on the (binary) mask, so a kept position stays relu where the polynomial overflows:
+  // the polynomial branch sees 0 at kept positions, so its backward multiplies no zero by inf
+  // either. The straight-through term is 0 in value (its difference clamped to the finite range)
+  // and carries d/daux = softplus(aux) * (relu - poly).
+  const auto kept = mb.detach() > 0.5;
+  auto y = torch::where(kept, relu, poly_of(torch::where(kept, torch::zeros_like(x), x)));
+  if (aux.requires_grad()) {
+    torch::Tensor diff;
+    {
+      torch::NoGradGuard no_grad;
+      diff = torch::nan_to_num(relu - poly_of(x), 0.0);
+    }
+    y = y + (mb - mb.detach()) * diff;
+  }
+  return y;
 }
 
 }  // namespace autorep::layers

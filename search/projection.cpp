@@ -29,7 +29,13 @@ int64_t keep_top_scores(const GateList& gates, const std::vector<torch::Tensor>&
     for (int64_t i = 0; i < flat[g].numel(); ++i) entries.push_back({s[i], static_cast<int32_t>(g), i});
   }
   // Entries are already in (gate, index) order: a stable sort by score keeps that order for ties.
-  std::stable_sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) { return a.score > b.score; });
+  // A NaN score ranks below every number (NaN compares false both ways, which would break the
+  // strict weak ordering the sort needs): such entries are kept last, in (gate, index) order.
+  std::stable_sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) {
+    const bool a_nan = std::isnan(a.score), b_nan = std::isnan(b.score);
+    if (a_nan || b_nan) return !a_nan && b_nan;
+    return a.score > b.score;
+  });
   std::vector<torch::Tensor> masks(gates.size());
   for (size_t g = 0; g < gates.size(); ++g) masks[g] = torch::zeros({gates[g]->mask().numel()}, torch::kFloat);
   std::vector<int64_t> per_entry(gates.size());

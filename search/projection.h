@@ -18,7 +18,8 @@ namespace autorep::search {
 /// kept ReLU count, always <= budget; with pixel granularity it is exactly min(budget, total).
 int64_t keep_top_scores(const GateList& gates, const std::vector<torch::Tensor>& scores, int64_t budget);
 
-/// The projection of DESIGN.md §4: keep_top_scores with scores = aux.
+/// The projection of DESIGN.md §4: keep_top_scores with scores = aux. NaN scores rank below
+/// every number (deterministically, in site then index order).
 int64_t project_to_budget(const GateList& gates, int64_t budget);
 
 /// `random`: a uniformly random set of entries at the budget (seeded).

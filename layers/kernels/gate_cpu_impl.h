@@ -76,7 +76,8 @@ inline Poly<T> poly_of(const GateProblem& pr, const T* c0, const T* c1, const T*
 // R rows of one channel (samples n..n+R-1, `stride` elements apart), walked together: each
 // mask vector is loaded once for the R rows, and the R streams stay contiguous from one channel
 // to the next. Per-element or (PIXEL false) per-channel mask. Adds sum(x), sum(x^2) to
-// *sum / *sumsq when MOMENTS. y = m*relu + (1-m)*q keeps m = 1 exactly relu.
+// *sum / *sumsq when MOMENTS. y selects relu where the (binary) mask is set and q elsewhere, so a
+// kept position stays exactly relu even where q overflows (a blend would give 0*inf = NaN).
 template <typename T, bool PIXEL, bool MOMENTS, int R>
 inline __attribute__((always_inline)) void forward_rows(int64_t p, int64_t stride,
                                                         const T* __restrict__ x,
@@ -85,20 +86,20 @@ inline __attribute__((always_inline)) void forward_rows(int64_t p, int64_t strid
   using V = typename VecOf<T>::type;
   constexpr int64_t W = sizeof(V) / sizeof(T);
   const V zero = {};
-  const V one = zero + T(1), a = zero + q.a, b = zero + q.b, d = zero + q.d;
+  const V half = zero + T(0.5), a = zero + q.a, b = zero + q.b, d = zero + q.d;
   V mv = zero + m_scalar;
   V vs = zero, vq = zero;
   int64_t i = 0;
   for (; i + W <= p; i += W) {
     if constexpr (PIXEL) vload(mv, m + i);
-    const V one_m = one - mv;
+    const auto kept = mv > half;
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       V xv;
       vload(xv, x + r * stride + i);
       const V rl = xv > zero ? xv : zero;
       const V qv = a + xv * (b + d * xv);
-      vstore(y + r * stride + i, mv * rl + one_m * qv);
+      vstore(y + r * stride + i, kept ? rl : qv);
       if constexpr (MOMENTS) {
         vs += xv;
         vq += xv * xv;
@@ -111,7 +112,7 @@ inline __attribute__((always_inline)) void forward_rows(int64_t p, int64_t strid
     for (int r = 0; r < R; ++r) {
       const T xv = x[r * stride + i];
       const T rl = xv > T(0) ? xv : T(0);
-      y[r * stride + i] = ms * rl + (T(1) - ms) * (q.a + xv * (q.b + q.d * xv));
+      y[r * stride + i] = ms > T(0.5) ? rl : q.a + xv * (q.b + q.d * xv);
       s += xv;
       s2 += xv * xv;
     }
@@ -197,7 +198,7 @@ void forward_linear(const GateProblem& pr, const T* x, const T* mask, const T* c
         for (int64_t j = 0; j < nf; ++j) {
           const T xv = xr[j];
           const T r = xv > T(0) ? xv : T(0);
-          yr[j] = m[j] * r + (T(1) - m[j]) * (a[j] + xv * (b[j] + d[j] * xv));
+          yr[j] = m[j] > T(0.5) ? r : a[j] + xv * (b[j] + d[j] * xv);
         }
         if (moments) {
           for (int64_t j = 0; j < nf; ++j) {
@@ -260,7 +261,7 @@ inline __attribute__((always_inline)) void backward_rows(int64_t p, int64_t stri
   int64_t i = 0;
   for (; i + W <= p; i += W) {
     if constexpr (PIXEL) vload(mv, m + i);
-    const V one_m = one - mv;
+    const auto kept = mv > one * T(0.5);
     V gmv = zero;
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
@@ -269,9 +270,9 @@ inline __attribute__((always_inline)) void backward_rows(int64_t p, int64_t stri
       vload(gv, g + r * stride + i);
       const V pos = xv > zero ? one : zero;
       const V qv = a + xv * (b + d * xv);
-      vstore(dx + r * stride + i, gv * (mv * pos + one_m * (b + two_d * xv)));
+      vstore(dx + r * stride + i, gv * (kept ? pos : b + two_d * xv));
       gmv += gv * (xv * pos - qv);
-      const V gq = gv * one_m;
+      const V gq = kept ? zero : gv;
       v0 += gq;
       v1 += gq * xv;
       v2 += gq * xv * xv;
@@ -287,15 +288,14 @@ inline __attribute__((always_inline)) void backward_rows(int64_t p, int64_t stri
   T sm = 0, s0 = 0, s1 = 0, s2 = 0;
   for (; i < p; ++i) {
     const T ms = PIXEL ? m[i] : m_scalar;
-    const T one_m = T(1) - ms;
     T gmv = 0;
     for (int r = 0; r < R; ++r) {
       const T xv = x[r * stride + i], gv = g[r * stride + i];
       const T pos = xv > T(0) ? T(1) : T(0);
       const T qv = q.a + xv * (q.b + q.d * xv);
-      dx[r * stride + i] = gv * (ms * pos + one_m * (q.b + T(2) * q.d * xv));
+      dx[r * stride + i] = gv * (ms > T(0.5) ? pos : q.b + T(2) * q.d * xv);
       gmv += gv * (xv * pos - qv);
-      const T gq = gv * one_m;
+      const T gq = ms > T(0.5) ? T(0) : gv;
       s0 += gq;
       s1 += gq * xv;
       s2 += gq * xv * xv;
@@ -406,12 +406,11 @@ void backward_linear(const GateProblem& pr, const T* x, const T* g, const T* mas
         T* __restrict__ dxr = dx + n * F + f0;
         for (int64_t j = 0; j < nf; ++j) {
           const T xv = xr[j], gv = gr[j];
-          const T one_m = T(1) - m[j];
           const T pos = xv > T(0) ? T(1) : T(0);
           const T qv = a[j] + xv * (b[j] + d[j] * xv);
-          dxr[j] = gv * (m[j] * pos + one_m * (b[j] + T(2) * d[j] * xv));
+          dxr[j] = gv * (m[j] > T(0.5) ? pos : b[j] + T(2) * d[j] * xv);
           sm[j] += gv * (xv * pos - qv);
-          const T gq = gv * one_m;
+          const T gq = m[j] > T(0.5) ? T(0) : gv;
           s0[j] += gq;
           s1[j] += gq * xv;
           s2[j] += gq * xv * xv;

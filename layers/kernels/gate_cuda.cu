@@ -124,7 +124,7 @@ __global__ void __launch_bounds__(kThreads)
       const float xv = to_float(x[i]);
       const float r = fmaxf(xv, 0.f);
       const float qv = fmaf(xv, fmaf(q.d, xv, q.b), q.a);
-      y[i] = from_float<T>(m * r + (1.f - m) * qv);
+      y[i] = from_float<T>(m > 0.5f ? r : qv);
       if (MOMENTS) {
         s[0] += xv;
         s[1] = fmaf(xv, xv, s[1]);
@@ -162,7 +162,7 @@ __global__ void __launch_bounds__(kThreads)
   float s[4] = {0.f, 0.f, 0.f, 0.f};
   if (active) {
     const float m = g.mode == 0 ? mask[c * g.p + p] : (g.mode == 1 ? mask[c] : mask[0]);
-    const float one_m = 1.f - m;
+    const bool kept = m > 0.5f;
     const int64_t step = static_cast<int64_t>(g.rows) * gridDim.z;
     for (int64_t n = static_cast<int64_t>(blockIdx.z) * g.rows + sub; n < g.n; n += step) {
       const int64_t i = (n * g.c + c) * g.p + p;
@@ -170,9 +170,9 @@ __global__ void __launch_bounds__(kThreads)
       const float gv = to_float(gy[i]);
       const float pos = xv > 0.f ? 1.f : 0.f;
       const float qv = fmaf(xv, fmaf(q.d, xv, q.b), q.a);
-      dx[i] = from_float<T>(gv * (m * pos + one_m * fmaf(two_d, xv, q.b)));
+      dx[i] = from_float<T>(gv * (kept ? pos : fmaf(two_d, xv, q.b)));
       s[0] = fmaf(gv, xv * pos - qv, s[0]);
-      const float gq = gv * one_m;
+      const float gq = kept ? 0.f : gv;
       s[1] += gq;
       s[2] = fmaf(gq, xv, s[2]);
       s[3] = fmaf(gq * xv, xv, s[3]);

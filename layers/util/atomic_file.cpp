@@ -1,6 +1,10 @@
 #include "layers/util/atomic_file.h"
 
+#include <fcntl.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <cstdio>
 #include <filesystem>
@@ -14,7 +18,30 @@ namespace fs = std::filesystem;
 
 std::string temp_path_for(const std::string& path) { return path + ".tmp." + std::to_string(::getpid()); }
 
+namespace {
+
+// fsync of a file or folder by path; false with errno set on failure.
+bool sync_path(const std::string& path, int flags) {
+  const int fd = ::open(path.c_str(), flags | O_CLOEXEC);
+  if (fd < 0) return false;
+  const bool ok = ::fsync(fd) == 0;
+  const int saved = errno;
+  ::close(fd);
+  errno = saved;
+  return ok;
+}
+
+}  // namespace
+
 void rename_into_place(const std::string& tmp, const std::string& path) {
+  // The data reaches the disk before the name does: after a power loss the final name holds
+  // either the old file or the whole new one, never an empty or partial one.
+  if (!sync_path(tmp, O_RDONLY)) {
+    const std::string why = std::strerror(errno);
+    std::error_code ignored;
+    fs::remove(tmp, ignored);
+    throw std::runtime_error(path + ": cannot write (" + why + ")");
+  }
   std::error_code ec;
   fs::rename(tmp, path, ec);
   if (ec) {
@@ -22,6 +49,10 @@ void rename_into_place(const std::string& tmp, const std::string& path) {
     fs::remove(tmp, ignored);
     throw std::runtime_error(path + ": cannot write (" + ec.message() + ")");
   }
+  // The rename itself is durable once the folder is synced (best effort: some file systems
+  // refuse to fsync a folder, which loses nothing but the guarantee).
+  const fs::path parent = fs::path(path).has_parent_path() ? fs::path(path).parent_path() : fs::path(".");
+  sync_path(parent.string(), O_RDONLY | O_DIRECTORY);
 }
 
 void write_atomically(const std::string& path, const std::function<void(const std::string& tmp)>& write) {

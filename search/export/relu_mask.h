@@ -39,6 +39,7 @@ struct ExportInfo {
   std::string method;                ///< e.g. "autorep"
   std::optional<int64_t> budget_target;  ///< the run's ReLU budget (none for a baseline)
   std::optional<double> accuracy;        ///< test accuracy in [0, 1]
+  std::optional<double> val_accuracy;    ///< validation accuracy in [0, 1] (runs with a validation split)
   std::string accuracy_source;           ///< e.g. "metrics.jsonl epoch 12", "evaluated (10000 samples)"
   std::string producer;                  ///< "" = "autorep <version>"
 };

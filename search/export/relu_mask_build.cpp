@@ -128,6 +128,7 @@ ExportJson build_export(const std::vector<layers::Site>& sites, const ExportInfo
                    {"total", total_sum}};
   ExportJson acc;
   acc["test"] = info.accuracy ? ExportJson(*info.accuracy) : ExportJson(nullptr);
+  if (info.val_accuracy) acc["val"] = *info.val_accuracy;
   if (!info.accuracy_source.empty()) acc["source"] = info.accuracy_source;
   doc["accuracy"] = acc;
   doc["cost"] = cost_json(costs, before, after);

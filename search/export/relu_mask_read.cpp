@@ -71,10 +71,19 @@ class Reader {
     if (!std::isfinite(v)) fail(path, "must be finite");
     return v;
   }
+  static constexpr int64_t kMaxElements = int64_t{1} << 40;
   std::vector<int64_t> shape(const ExportJson& j, const std::string& path) const {
     if (!j.is_array() || j.empty()) fail(path, "expected a non-empty array of positive integers");
     std::vector<int64_t> s;
-    for (size_t i = 0; i < j.size(); ++i) s.push_back(integer(j[i], path + "[" + std::to_string(i) + "]", 1));
+    int64_t elements = 1;
+    for (size_t i = 0; i < j.size(); ++i) {
+      s.push_back(integer(j[i], path + "[" + std::to_string(i) + "]", 1));
+      // Every product of the sizes is formed later (totals, mask lengths): bound it here, where
+      // no multiplication can overflow yet.
+      if (elements > kMaxElements / s.back())
+        fail(path, "has more than 2^40 elements per sample (no activation site is that large)");
+      elements *= s.back();
+    }
     return s;
   }
   std::vector<double> numbers(const ExportJson& j, const std::string& path, size_t expected) const {
@@ -157,10 +166,14 @@ MaskExport parse_export(const ExportJson& doc, const std::string& source) {
   ex.kept = r.integer(budget.at("kept"), "budget.kept");
   ex.total = r.integer(budget.at("total"), "budget.total");
   const auto& acc = doc.at("accuracy");
-  r.object(acc, "accuracy", {"test"}, {"source"});
+  r.object(acc, "accuracy", {"test"}, {"source", "val"});
   if (!acc.at("test").is_null()) {
     const double a = r.number(acc.at("test"), "accuracy.test");
     if (a < 0 || a > 1) r.fail("accuracy.test", "must be in [0, 1] or null");
+  }
+  if (acc.contains("val")) {
+    const double a = r.number(acc.at("val"), "accuracy.val");
+    if (a < 0 || a > 1) r.fail("accuracy.val", "must be in [0, 1]");
   }
   if (acc.contains("source")) r.string(acc.at("source"), "accuracy.source");
   const auto& cost = doc.at("cost");

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <sstream>
 
+#include "layers/curvature.h"
 #include "layers/gate.h"
 #include "layers/gate_function.h"
 #include "layers/kernels/gate_kernels.h"
@@ -296,12 +297,15 @@ TEST_CASE("DaPa closed form is the least-squares fit of relu under N(mu, sigma^2
 TEST_CASE("DaPa refit stores exact coefficients (std) or the reference's scaled ones (var)", "[gate][dapa]") {
   GateOptions o({2, 3, 3});
   o.scale1(0.5).scale2(0.2);
+  o.dapa().sigma_scale(1);
   Gate std_gate(o);
+  o.dapa().sigma_scale(3);
+  Gate wide_gate(o);
   o.dapa().sigma("var").var_floor(0.5).w0_div(5).w2_div(10);
   Gate var_gate(o);
   const auto mean = torch::tensor({0.4, -1.2});
   const auto var = torch::tensor({2.0, 0.1});
-  for (Gate* g : {&std_gate, &var_gate}) {
+  for (Gate* g : {&std_gate, &wide_gate, &var_gate}) {
     torch::NoGradGuard ng;
     (*g)->running_mean().copy_(mean);
     (*g)->running_var().copy_(var);
@@ -312,14 +316,19 @@ TEST_CASE("DaPa refit stores exact coefficients (std) or the reference's scaled 
   CHECK(torch::allclose(std_gate->c0().to(torch::kDouble), fs.w0, 1e-5, 1e-7));
   CHECK(torch::allclose(0.5 * std_gate->c1().to(torch::kDouble), fs.w1, 1e-5, 1e-7));
   CHECK(torch::allclose(0.2 * std_gate->c2().to(torch::kDouble), fs.w2, 1e-5, 1e-7));
+  // sigma_scale k: the fit under N(mean, (k sigma)^2).
+  const auto fw = dapa_fit(md, 3 * vd.sqrt(), 2);
+  CHECK(torch::allclose(wide_gate->c0().to(torch::kDouble), fw.w0, 1e-5, 1e-7));
+  CHECK(torch::allclose(0.5 * wide_gate->c1().to(torch::kDouble), fw.w1, 1e-5, 1e-7));
+  CHECK(torch::allclose(0.2 * wide_gate->c2().to(torch::kDouble), fw.w2, 1e-5, 1e-7));
   const auto fv = dapa_fit(md, vd.clamp_min(0.5), 2);
   CHECK(torch::allclose(var_gate->c0().to(torch::kDouble), fv.w0 / 5, 1e-5, 1e-7));
   CHECK(torch::allclose(var_gate->c1().to(torch::kDouble), fv.w1 / 0.5, 1e-5, 1e-7));
   CHECK(torch::allclose(var_gate->c2().to(torch::kDouble), fv.w2 / 10, 1e-5, 1e-7));
 
-  // The initial coefficients are the fit of N(0, 1).
+  // The initial coefficients are the fit of the N(0, 1) prior (widened by the default k = 3).
   Gate fresh(GateOptions({3}));
-  const auto f01 = dapa_fit(torch::zeros({3}, torch::kDouble), torch::ones({3}, torch::kDouble), 2);
+  const auto f01 = dapa_fit(torch::zeros({3}, torch::kDouble), 3 * torch::ones({3}, torch::kDouble), 2);
   CHECK(torch::allclose(fresh->c0().to(torch::kDouble), f01.w0, 1e-6, 1e-7));
   CHECK(torch::allclose(0.1 * fresh->c2().to(torch::kDouble), f01.w2, 1e-6, 1e-7));
 }
@@ -363,7 +372,7 @@ TEST_CASE("DaPa refits on schedule, before the step's graph, and optimiser state
     auto y = gate->forward(torch::randn({4, 2, 3, 3}) * 3 + 2);
     if (gate->refitted_last_step()) {
       refit_steps.push_back(k);
-      const auto f = dapa_fit(mean_before.to(torch::kDouble), var_before.to(torch::kDouble).sqrt(), 2);
+      const auto f = dapa_fit(mean_before.to(torch::kDouble), 3 * var_before.to(torch::kDouble).sqrt(), 2);
       CHECK(torch::allclose(gate->c1().to(torch::kDouble), f.w1, 1e-5, 1e-6));
       REQUIRE(refitted_coefficients(*gate).size() == 3);
       const auto n_before = opt.state().size();
@@ -605,3 +614,118 @@ TEST_CASE("CUDA kernels match the composite reference (float32, float16, bfloat1
   }
 }
 #endif
+
+TEST_CASE("a kept position stays relu where the polynomial overflows (fused and composite)", "[gate][overflow]") {
+  for (const char* gran : {"pixel", "channel", "layer"}) {
+    for (bool fused : {true, false}) {
+      for (const std::vector<int64_t>& shape : {std::vector<int64_t>{4, 3, 5, 5}, std::vector<int64_t>{4, 7}}) {
+        CAPTURE(gran, fused, shape);
+        GateInputs in = make_inputs(shape, gran, torch::kFloat);
+        {
+          torch::NoGradGuard ng;
+          in.mask.fill_(1);
+          const bool layer = std::string(gran) == "layer";
+          if (!layer) in.mask.view(-1)[0] = 0;  // one polynomial entry, the rest kept (a layer: all kept)
+          in.c2.fill_(1e38f);       // s2 * c2 * x^2 overflows float for |x| > ~0.3
+          in.x.mul_(100);
+        }
+        const GateResult r = run_gate(in, fused, 2);
+        std::vector<int64_t> view(shape.begin(), shape.end());
+        view[0] = 1;  // pixel: the per-sample shape
+        if (std::string(gran) != "pixel") {
+          std::fill(view.begin(), view.end(), 1);
+          if (std::string(gran) == "channel") view[1] = shape[1];
+        }
+        const auto kept = in.mask.reshape(view).expand_as(in.x) > 0.5;
+        REQUIRE(kept.any().item<bool>());
+        CHECK(torch::equal(r.y.masked_select(kept), torch::relu(in.x.detach()).masked_select(kept)));
+        CHECK(torch::isfinite(r.dx.masked_select(kept)).all().item<bool>());
+        // The polynomial entry did overflow (without the select, 0 * inf would be NaN at every
+        // kept position too).
+        if (std::string(gran) != "layer") CHECK(!torch::isfinite(r.y).all().item<bool>());
+      }
+    }
+  }
+}
+
+TEST_CASE("calibration starts the running statistics and the fit from the data, not the prior", "[gate][dapa]") {
+  torch::manual_seed(11);
+  for (bool fused : {true, false}) {
+    CAPTURE(fused);
+    GateOptions o({3, 4, 4});
+    o.fused(fused);
+    o.dapa().sigma_scale(1);  // the exact fit, so the polynomial is close to relu on the data
+    Gate gate(o);
+    const auto x1 = torch::randn({16, 3, 4, 4}) * 0.05 + torch::tensor({2.0f, -1.0f, 0.3f}).view({1, 3, 1, 1});
+    const auto x2 = torch::randn({8, 3, 4, 4}) * 0.05 + torch::tensor({2.0f, -1.0f, 0.3f}).view({1, 3, 1, 1});
+    gate->eval();
+    gate->begin_calibration();
+    CHECK(gate->calibrating());
+    gate->forward(x1);
+    gate->forward(x2);
+    gate->end_calibration();
+    CHECK_FALSE(gate->calibrating());
+    CHECK(gate->step() == 0);  // calibration is not a training step
+    const auto all = torch::cat({x1, x2}).to(torch::kDouble);
+    const auto mean = all.mean({0, 2, 3}), var = all.var({0, 2, 3}, /*unbiased=*/true);
+    CHECK(torch::allclose(gate->running_mean().to(torch::kDouble), mean, 1e-5, 1e-6));
+    CHECK(torch::allclose(gate->running_var().to(torch::kDouble), var, 1e-4, 1e-7));
+    // The coefficients are the exact fit of the calibrated statistics (far from the N(0, 1) fit).
+    const auto f = dapa_fit(mean, var.sqrt(), 2);
+    CHECK(torch::allclose(gate->c0().to(torch::kDouble), f.w0, 1e-3, 1e-6));
+    CHECK(torch::allclose(gate->c1().to(torch::kDouble), f.w1, 1e-3, 1e-6));
+    // On data like the calibration's, the polynomial is close to relu (the prior's fit is not).
+    gate->mask().zero_();
+    const auto err = (gate->forward(x2) - torch::relu(x2)).abs().max().item<double>();
+    CHECK(err < 0.02);
+    Gate prior(o);
+    prior->eval();
+    prior->mask().zero_();
+    CHECK((prior->forward(x2) - torch::relu(x2)).abs().max().item<double>() > 5 * err);
+  }
+  Gate idle(GateOptions({2}));
+  idle->begin_calibration();
+  idle->end_calibration();  // nothing seen: the statistics stay the prior
+  CHECK(torch::equal(idle->running_var(), torch::ones({2})));
+  CHECK_THROWS_WITH(idle->end_calibration(), Catch::Contains("without begin_calibration"));
+}
+
+TEST_CASE("the curvature bound caps the quadratic term at the widest fit's and leaves smaller ones", "[gate][dapa]") {
+  GateOptions o({3, 2, 2});
+  o.scale2(0.1);
+  o.dapa().sigma_scale(3);
+  torch::nn::Sequential net{Gate(o)};
+  auto gate = gates(*net).front();
+  {
+    torch::NoGradGuard ng;
+    gate->running_var().copy_(torch::tensor({0.01f, 1.0f, 4.0f}));
+    gate->c2().copy_(torch::tensor({1e3f, -1e3f, 0.01f}));
+  }
+  cap_curvature(*net);
+  const auto sigma = torch::tensor({0.1, 1.0, 2.0}, torch::kDouble);
+  const auto limit = (1.0 / std::sqrt(2 * M_PI)) / (2 * 3 * sigma);  // for s2 * c2
+  const auto eff = 0.1 * gate->c2().to(torch::kDouble);
+  CHECK(eff[0].item<double>() == Approx(limit[0].item<double>()).epsilon(1e-5));
+  CHECK(eff[1].item<double>() == Approx(-limit[1].item<double>()).epsilon(1e-5));
+  CHECK(gate->c2()[2].item<float>() == 0.01f);  // within the bound: untouched
+  // A fit is never capped: its curvature phi(z)/(2 k sigma) is at most phi(0)/(2 k sigma).
+  {
+    torch::NoGradGuard ng;
+    gate->running_mean().copy_(torch::tensor({0.5f, 0.3f, -1.0f}));  // z != 0: strictly below the bound
+    gate->refit();
+  }
+  const auto fitted = gate->c2().clone();
+  cap_curvature(*net);
+  CHECK(torch::equal(gate->c2(), fitted));
+}
+
+TEST_CASE("the gate kernels refuse tensors on another device or of a non-float type, naming them", "[gate]") {
+  GateInputs in = make_inputs({2, 3, 4, 4}, "channel", torch::kFloat);
+  const auto on_meta = torch::empty({3}, torch::TensorOptions().device(torch::kMeta));
+  CHECK_THROWS_WITH(gate_fused(in.x, in.aux, in.mask, on_meta, in.c1, in.c2, 1.0, 0.1, 2),
+                    Catch::Contains("c0 is on meta") && Catch::Contains("the input is on cpu"));
+  CHECK_THROWS_WITH(gate_composite(in.x, in.aux, in.mask, in.c0, in.c1, on_meta, 1.0, 0.1, 2),
+                    Catch::Contains("c2 is on meta"));
+  CHECK_THROWS_WITH(gate_fused(in.x, in.aux, in.mask.to(torch::kLong), in.c0, in.c1, in.c2, 1.0, 0.1, 2),
+                    Catch::Contains("mask must be a floating-point tensor"));
+}

@@ -94,6 +94,23 @@ TEST_CASE("projection keeps the largest aux, ties broken by site then index", "[
   for (size_t i = 0; i < gates.size(); ++i) CHECK(torch::equal(before[i], gates[i]->mask()));
 }
 
+TEST_CASE("NaN aux ranks below every number, deterministically", "[projection]") {
+  auto gates = make_gates("pixel");
+  {
+    torch::NoGradGuard ng;
+    for (auto& g : gates) g->aux().fill_(std::nan(""));
+    gates[2]->aux().view(-1)[5] = -3.0;  // the only number: kept first
+  }
+  CHECK(project_to_budget(gates, 3) == 3);
+  CHECK(gates[2]->mask().view(-1)[5].item<float>() == 1.0f);
+  // Then NaN entries in site, index order.
+  CHECK(gates[0]->mask().view(-1)[0].item<float>() == 1.0f);
+  CHECK(gates[0]->mask().view(-1)[1].item<float>() == 1.0f);
+  int64_t kept = 0;
+  for (auto& g : gates) kept += static_cast<int64_t>(g->mask().sum().item<float>());
+  CHECK(kept == 3);
+}
+
 TEST_CASE("channel projection keeps the largest set that fits", "[projection]") {
   auto gates = make_gates("channel");  // channel entries weigh 9, 25 and 1 ReLUs
   {

@@ -52,7 +52,7 @@ class MethodStep {
     method_->begin_phase(ctx_, phase_, /*resumed=*/false);
     optimizer_ = make_optimizer(method_->param_groups(ctx_, phase_), phase_.optim);
     ctx_.optimizer = optimizer_.get();
-    running_stats_ = std::make_unique<BatchNormSnapshot>(*ctx_.model);
+    running_stats_ = std::make_unique<StepSnapshot>(*ctx_.model);
     ctx_.model->train();
   }
   models::NetImpl& model() { return *ctx_.model; }
@@ -69,7 +69,7 @@ class MethodStep {
   Phase phase_;
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
   SpikeGuard guard_;
-  std::unique_ptr<BatchNormSnapshot> running_stats_;
+  std::unique_ptr<StepSnapshot> running_stats_;
 };
 
 }  // namespace

@@ -121,6 +121,7 @@ int cmd_inspect(const std::string& path, const std::string& cost_table) {
   const auto& acc = doc["accuracy"];
   if (!acc["test"].is_null())
     std::cout << "; test accuracy " << std::fixed << std::setprecision(2) << 100.0 * acc["test"].get<double>() << "%"
+              << (acc.contains("val") ? ", validation " + fixed(100.0 * acc["val"].get<double>(), 2) + "%" : std::string())
               << (acc.contains("source") ? " (" + acc["source"].get<std::string>() + ")" : std::string());
   std::cout << "\ncost (table " << table.name << "): before offline " << bytes_text(before["offline_bytes"].get<double>())
             << ", online " << bytes_text(before["online_bytes"].get<double>()) << "; after offline "

@@ -18,21 +18,25 @@ namespace autorep::trainer::app {
 
 namespace fs = std::filesystem;
 
-std::optional<double> recorded_accuracy(const std::string& checkpoint, const nlohmann::json& state) {
+std::optional<RecordedAccuracy> recorded_accuracy(const std::string& checkpoint, const nlohmann::json& state) {
   if (!state.contains("epoch") || state.value("step_in_epoch", int64_t{-1}) != 0) return std::nullopt;
   const int64_t epoch = state.at("epoch").get<int64_t>();
   const fs::path metrics = fs::path(checkpoint).parent_path().parent_path() / "metrics.jsonl";
   std::ifstream in(metrics);
   if (!in) return std::nullopt;
-  std::optional<double> found;
+  std::optional<RecordedAccuracy> found;
   std::string line;
   while (std::getline(in, line)) {
     // A run killed mid-write may leave a partial last line; a later record for the same epoch
     // (after a resume) supersedes an earlier one.
     const auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
     if (j.is_object() && j.value("type", "") == "eval" && j.value("epoch", int64_t{-1}) == epoch &&
-        j.contains("test_accuracy") && j.at("test_accuracy").is_number())
-      found = j.at("test_accuracy").get<double>();
+        j.contains("test_accuracy") && j.at("test_accuracy").is_number()) {
+      RecordedAccuracy a;
+      a.test = j.at("test_accuracy").get<double>();
+      if (j.contains("val_accuracy") && j.at("val_accuracy").is_number()) a.val = j.at("val_accuracy").get<double>();
+      found = a;
+    }
   }
   return found;
 }
@@ -62,7 +66,8 @@ exports::ExportInfo export_info(const LoadedModel& lm, const std::string& checkp
     }
   }
   if (auto acc = recorded_accuracy(checkpoint, lm.state)) {
-    info.accuracy = *acc;
+    info.accuracy = acc->test;
+    info.val_accuracy = acc->val;
     info.accuracy_source = "metrics.jsonl, epoch " + std::to_string(lm.state.at("epoch").get<int64_t>());
   } else if (options.evaluate) {
     try {
@@ -99,6 +104,7 @@ nlohmann::json export_checkpoint(const std::string& checkpoint, const std::strin
           {"total", doc["budget"]["total"]},
           {"target", doc["budget"]["target"]},
           {"accuracy", doc["accuracy"]["test"]},
+          {"val_accuracy", doc["accuracy"].contains("val") ? doc["accuracy"]["val"] : exports::ExportJson(nullptr)},
           {"granularity", doc["granularity"]},
           {"reduction", doc["cost"]["reduction"]["total"]}};
 }

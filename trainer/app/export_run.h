@@ -25,9 +25,15 @@ struct ExportOptions {
   bool quiet = false;          ///< no warnings on stderr
 };
 
+/// The test (and, with a validation split, validation) accuracy of a checkpoint's epoch.
+struct RecordedAccuracy {
+  double test = 0;
+  std::optional<double> val;
+};
+
 /// Where a checkpoint's accuracy comes from: the eval record of metrics.jsonl (in the run
 /// folder above checkpoints/) for the epoch the checkpoint ends, if any.
-std::optional<double> recorded_accuracy(const std::string& checkpoint, const nlohmann::json& state);
+std::optional<RecordedAccuracy> recorded_accuracy(const std::string& checkpoint, const nlohmann::json& state);
 
 /// The ExportInfo of a loaded checkpoint (arch, input, classes, hash, data set, method, budget
 /// target resolved against the model's ReLUs, accuracy per `options`).

@@ -73,6 +73,9 @@ struct SweepRow {
   int64_t relu_count = -1;   ///< ReLUs kept per sample by the exported model (-1: none)
   int64_t total_relus = -1;
   double accuracy = -1.0;    ///< test accuracy (fraction) of the exported checkpoint (-1: none)
+  double val_accuracy = -1.0;  ///< its validation accuracy, what it was selected on (-1: no split)
+  int64_t skipped_steps = -1;  ///< steps the spike guard skipped (-1: unknown)
+  int64_t search_end_kept = -1;  ///< autorep: ReLUs kept when the search ended (-1: not autorep)
   double seconds = -1.0;     ///< wall time of the run, all processes together
   std::string run_dir;
   std::string export_path;

@@ -85,6 +85,9 @@ SweepRow inspect_run(const PlannedRun& p, const fs::path& out) {
       row.relu_count = r.value("relu_count", int64_t{-1});
       row.total_relus = r.value("total_relus", int64_t{-1});
       row.accuracy = r.value("accuracy", -1.0);
+      row.val_accuracy = r.value("val_accuracy", -1.0);
+      row.skipped_steps = r.value("skipped_steps", int64_t{-1});
+      row.search_end_kept = r.value("search_end_kept", int64_t{-1});
       row.seconds = r.value("seconds", -1.0);
       const std::string ex = r.value("export_path", std::string());
       if (!ex.empty()) row.export_path = (fs::path(p.name) / ex).string();
@@ -126,6 +129,8 @@ SweepRow inspect_teacher(const fs::path& dir) {
     row.relu_count = r.value("relu_count", int64_t{-1});
     row.total_relus = r.value("total_relus", int64_t{-1});
     row.accuracy = r.value("accuracy", -1.0);
+    row.val_accuracy = r.value("val_accuracy", -1.0);
+    row.skipped_steps = r.value("skipped_steps", int64_t{-1});
     row.seconds = r.value("seconds", -1.0);
     row.export_path = r.value("checkpoint", std::string());
     if (!row.export_path.empty()) row.export_path = (fs::path("teacher") / row.export_path).string();
@@ -245,13 +250,17 @@ void write_plot(const fs::path& out, const std::vector<SweepRow>& rows, const st
 
 std::string sweep_csv(const std::vector<SweepRow>& rows) {
   std::ostringstream s;
-  s << "method,budget,relu_count,accuracy,seconds,run_dir,export_path,status,error\n";
+  s << "method,budget,relu_count,accuracy,seconds,run_dir,export_path,status,error,val_accuracy,skipped_steps,"
+       "search_end_kept\n";
   for (const auto& r : rows) {
     s << sweep_detail::csv_field(r.method) << "," << sweep_detail::csv_field(r.budget) << ","
       << (r.relu_count >= 0 ? std::to_string(r.relu_count) : std::string()) << ","
       << (r.accuracy >= 0 ? fixed(r.accuracy, 6) : std::string()) << ","
       << (r.seconds >= 0 ? fixed(r.seconds, 1) : std::string()) << "," << sweep_detail::csv_field(r.run_dir) << ","
-      << sweep_detail::csv_field(r.export_path) << "," << r.status << "," << sweep_detail::csv_field(r.error) << "\n";
+      << sweep_detail::csv_field(r.export_path) << "," << r.status << "," << sweep_detail::csv_field(r.error) << ","
+      << (r.val_accuracy >= 0 ? fixed(r.val_accuracy, 6) : std::string()) << ","
+      << (r.skipped_steps >= 0 ? std::to_string(r.skipped_steps) : std::string()) << ","
+      << (r.search_end_kept >= 0 ? std::to_string(r.search_end_kept) : std::string()) << "\n";
   }
   return s.str();
 }

@@ -22,9 +22,14 @@ struct DataOptions {
   int64_t image_size = 0;     ///< image-folder only: resize side (0 = keep; all images must agree)
   int64_t limit_train = 0;    ///< use only the first N training samples (0 = all)
   int64_t limit_test = 0;     ///< use only the first N test samples (0 = all)
-  /// Training images held out as the validation split (after limit_train), chosen from the run's
-  /// seed; checkpoints are selected on it. 0: none (best.pt is then selected on test accuracy).
-  int64_t val_split = 0;
+  /// Training images held out as the validation split (after limit_train); checkpoints are
+  /// selected on it. -1: the data set's default (5,000 for the idx and CIFAR sets, a tenth of
+  /// the images for image folders, never more than a tenth of the training images);
+  /// 0: none (best.pt is then selected on test accuracy).
+  int64_t val_split = -1;
+  /// Seed of the permutation that picks the validation images: its own key, not train.seed, so a
+  /// teacher and the students trained from it at any seed hold out the same images.
+  int64_t split_seed = 0;
 };
 
 /// One split of a data set, held in memory.
@@ -57,10 +62,14 @@ std::vector<std::string> dataset_names();
 /// missing, truncated, corrupt or wrong-magic file. Image folders are stored class-interleaved
 /// (round robin over the sorted class names, files sorted within a class), so `limit_*` keeps
 /// every class; their mean/std are computed from the training images loaded.
-/// With data.val_split = V > 0, V training images chosen by a permutation seeded from `seed`
-/// (the run's train.seed, so every process and every resume holds the same split) become `val`,
-/// the rest stay `train`, both in their original order.
-DataSplits load_dataset(const DataOptions& options, uint64_t seed = 0);
+/// With a validation split of V images (val_split_size), V training images chosen by a
+/// permutation seeded from data.split_seed (the same in every process, every resume and every
+/// run at any train.seed) become `val`, the rest stay `train`, both in their original order.
+DataSplits load_dataset(const DataOptions& options);
+
+/// The number of validation images `options` hold out of `train_images` training images:
+/// val_split itself when >= 0, else the data set's default (see DataOptions::val_split).
+int64_t val_split_size(const DataOptions& options, int64_t train_images);
 
 /// Reads an IDX image file (magic 2051, unsigned bytes, 3 dimensions), gzip-compressed or plain
 /// (zlib reads both): uint8 N x 1 x H x W. Throws naming the file for a missing file, bad magic,

@@ -30,6 +30,7 @@ struct DatasetSpec {
   std::string default_path;
   int64_t crop_padding;
   bool flip;
+  int64_t default_val_split;  ///< validation images by default (0: a tenth of the training images)
   std::function<void(const DataOptions&, const std::string& path, DataSplits&)> load;
 };
 
@@ -42,19 +43,19 @@ void load_idx_set(const DataOptions& options, const std::string& path, DataSplit
 const std::vector<DatasetSpec>& registry() {
   static const std::vector<DatasetSpec> specs = {
       // Clothing is left-right symmetric, so Fashion-MNIST keeps the flip; digits are not.
-      {"fashion-mnist", "/usr/share/datasets/fashion-mnist", 2, true,
+      {"fashion-mnist", "/usr/share/datasets/fashion-mnist", 2, true, 5000,
        [](const DataOptions& o, const std::string& path, DataSplits& out) {
          load_idx_set(o, path, out);
          out.mean = {0.2860f};
          out.std = {0.3530f};
        }},
-      {"mnist", "/usr/share/datasets/mnist", 2, false,
+      {"mnist", "/usr/share/datasets/mnist", 2, false, 5000,
        [](const DataOptions& o, const std::string& path, DataSplits& out) {
          load_idx_set(o, path, out);
          out.mean = {0.1307f};
          out.std = {0.3081f};
        }},
-      {"cifar10", "/usr/share/datasets/cifar10", 4, true,
+      {"cifar10", "/usr/share/datasets/cifar10", 4, true, 5000,
        [](const DataOptions& o, const std::string& path, DataSplits& out) {
          const std::string dir = find_cifar_dir(path, "data_batch_1.bin", "cifar-10-batches-bin", "CIFAR-10",
                                                 "data_batch_1.bin .. data_batch_5.bin and test_batch.bin");
@@ -67,7 +68,7 @@ const std::vector<DatasetSpec>& registry() {
          out.mean = {0.4914f, 0.4822f, 0.4465f};
          out.std = {0.2470f, 0.2435f, 0.2616f};
        }},
-      {"cifar100", "/usr/share/datasets/cifar100", 4, true,
+      {"cifar100", "/usr/share/datasets/cifar100", 4, true, 5000,
        [](const DataOptions& o, const std::string& path, DataSplits& out) {
          const std::string dir =
              find_cifar_dir(path, "train.bin", "cifar-100-binary", "CIFAR-100", "train.bin and test.bin");
@@ -77,7 +78,7 @@ const std::vector<DatasetSpec>& registry() {
          out.mean = {0.5071f, 0.4865f, 0.4409f};
          out.std = {0.2673f, 0.2564f, 0.2762f};
        }},
-      {"image-folder", "", 4, true, load_image_folder},
+      {"image-folder", "", 4, true, 0, load_image_folder},
   };
   return specs;
 }
@@ -108,6 +109,13 @@ void hold_out_validation(DataSplits& out, int64_t count, uint64_t seed) {
 }  // namespace
 
 
+int64_t val_split_size(const DataOptions& options, int64_t train_images) {
+  if (options.val_split >= 0) return options.val_split;
+  const int64_t tenth = train_images / 10;
+  const int64_t preset = find_spec(options.name).default_val_split;
+  return preset > 0 ? std::min(preset, tenth) : tenth;
+}
+
 std::string default_data_path(const std::string& name) { return find_spec(name).default_path; }
 
 std::vector<std::string> dataset_names() {
@@ -116,7 +124,7 @@ std::vector<std::string> dataset_names() {
   return names;
 }
 
-DataSplits load_dataset(const DataOptions& options, uint64_t seed) {
+DataSplits load_dataset(const DataOptions& options) {
   const DatasetSpec& spec = find_spec(options.name);
   auto bad = [](const std::string& key, int64_t value, const std::string& valid) {
     throw std::runtime_error("data." + key + ": " + std::to_string(value) + " is not valid; expected " + valid);
@@ -125,7 +133,8 @@ DataSplits load_dataset(const DataOptions& options, uint64_t seed) {
   if (options.flip < -1 || options.flip > 1) bad("flip", options.flip, "-1 (data set default), 0 or 1");
   if (options.limit_train < 0) bad("limit_train", options.limit_train, ">= 0 (0 = all)");
   if (options.limit_test < 0) bad("limit_test", options.limit_test, ">= 0 (0 = all)");
-  if (options.val_split < 0) bad("val_split", options.val_split, ">= 0 (0 = no validation split)");
+  if (options.val_split < -1) bad("val_split", options.val_split, "-1 (data set default), 0 (off) or > 0");
+  if (options.split_seed < 0) bad("split_seed", options.split_seed, ">= 0");
   if (options.batch_size <= 0) bad("batch_size", options.batch_size, "> 0");
   if (options.eval_batch_size <= 0) bad("eval_batch_size", options.eval_batch_size, "> 0");
   if (options.image_size < 0) bad("image_size", options.image_size, ">= 0 (0 = keep)");
@@ -155,7 +164,8 @@ DataSplits load_dataset(const DataOptions& options, uint64_t seed) {
   TORCH_INTERNAL_ASSERT(static_cast<int64_t>(out.mean.size()) == out.input_shape[0] && out.mean.size() == out.std.size());
   out.crop_padding = options.crop_padding >= 0 ? options.crop_padding : spec.crop_padding;
   out.flip = options.flip >= 0 ? options.flip == 1 : spec.flip;
-  if (options.val_split > 0) hold_out_validation(out, options.val_split, seed);
+  const int64_t val = val_split_size(options, out.train.size());
+  if (val > 0) hold_out_validation(out, val, static_cast<uint64_t>(options.split_seed));
   return out;
 }
 

@@ -1,17 +1,20 @@
 #include "trainer/engine/config.h"
 
 #include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
 
 #include "layers/gate_options_json.h"
 #include "layers/util/json_check.h"
+#include "layers/util/text.h"
 #include "trainer/models/registry.h"
 
 namespace autorep::trainer::data {
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(DataOptions, name, path, batch_size, eval_batch_size,
-                                                crop_padding, flip, image_size, limit_train, limit_test, val_split)
+                                                crop_padding, flip, image_size, limit_train, limit_test, val_split,
+                                                split_seed)
 }  // namespace autorep::trainer::data
 
 namespace autorep::trainer::engine {
@@ -129,7 +132,28 @@ void merge_checked(nlohmann::json& base, const nlohmann::json& user, const std::
 }
 
 void check_positive(const std::string& source, const std::string& path, double v) {
-  if (!(v > 0)) json_fail(source, path, "expected a positive value, got " + std::to_string(v));
+  if (!(v > 0) || !std::isfinite(v)) json_fail(source, path, "expected a finite value > 0, got " + util::short_number(v));
+}
+
+void check_at_least(const std::string& source, const std::string& path, double v, double lo) {
+  if (!(v >= lo) || !std::isfinite(v))
+    json_fail(source, path, "expected a finite value >= " + util::short_number(lo) + ", got " + util::short_number(v));
+}
+
+// Every numeric key of the `gate` section: a zero scale or divisor would make every refit divide
+// by zero and every polynomial NaN from the first step.
+void check_gate(const std::string& source, const layers::GateOptions& g) {
+  check_positive(source, "gate.scale1", g.scale1());
+  check_positive(source, "gate.scale2", g.scale2());
+  check_at_least(source, "gate.threshold", g.threshold(), 0);
+  const auto& d = g.dapa();
+  check_positive(source, "gate.dapa.var_floor", d.var_floor());
+  check_positive(source, "gate.dapa.w0_div", d.w0_div());
+  check_positive(source, "gate.dapa.w2_div", d.w2_div());
+  check_at_least(source, "gate.dapa.sigma_scale", d.sigma_scale(), 1);
+  check_at_least(source, "gate.dapa.refit_every", static_cast<double>(d.refit_every()), 1);
+  check_at_least(source, "gate.dapa.refit_until", static_cast<double>(d.refit_until()), 0);
+  check_at_least(source, "gate.dapa.calibration_batches", static_cast<double>(d.calibration_batches()), 0);
 }
 
 void check_optim(const std::string& source, const std::string& path, const OptimOptions& o) {
@@ -163,6 +187,7 @@ void validate(const Config& c, const ConfigSchema& schema, const std::string& so
   check_optim(source, "search.finetune_optim", c.search.finetune_optim);
   if (c.gate.degree() != 1 && c.gate.degree() != 2) json_fail(source, "gate.degree", "expected 1 or 2");
   util::check_one_of(source, "gate.dapa.sigma", c.gate.dapa().sigma(), {"std", "var"});
+  check_gate(source, c.gate);
   util::check_one_of(source, "train.device", c.train.device, {"auto", "cpu", "cuda"});
   if (c.train.epochs <= 0) json_fail(source, "train.epochs", "must be positive");
   if (c.train.threads < 0) json_fail(source, "train.threads", "must be >= 0");
@@ -173,10 +198,15 @@ void validate(const Config& c, const ConfigSchema& schema, const std::string& so
   if (c.search.kd.temperature <= 0) json_fail(source, "search.kd.temperature", "must be positive");
   util::check_one_of(source, "search.kd.teacher_dtype", c.search.kd.teacher_dtype, {"float32", "bfloat16"});
   const MethodSchema* method = schema.find(c.method);
-  const bool uses_search =
-      std::find(method->unused_keys.begin(), method->unused_keys.end(), "search") == method->unused_keys.end();
-  if (uses_search && c.search.search_epochs > c.train.epochs)
-    json_fail(source, "search.search_epochs", "must not exceed train.epochs (" + std::to_string(c.train.epochs) + ")");
+  auto reads = [&](const std::string& key) {
+    return std::find(method->unused_keys.begin(), method->unused_keys.end(), key) == method->unused_keys.end();
+  };
+  const bool uses_search = reads("search") && reads("search.search_epochs");
+  if (uses_search && c.search.search_epochs >= c.train.epochs)
+    json_fail(source, "search.search_epochs",
+              "must be below train.epochs (" + std::to_string(c.train.epochs) +
+                  "): the epochs after the search finetune the projected masks, and best.pt is chosen among them");
+  if (uses_search && c.search.search_epochs < 0) json_fail(source, "search.search_epochs", "must be >= 0");
   for (const auto& m : schema.methods)
     if (m.validate) m.validate(c, source);
 }

@@ -56,7 +56,7 @@ struct SearchOptions {
   search::Budget budget;         ///< ReLU count or "N%" of the model's ReLUs (default "3%")
   std::string teacher;           ///< baseline checkpoint (best.pt) the student starts from
   int64_t search_epochs = 5;     ///< epochs of joint search; the rest of train.epochs finetune
-  double aux_lr = -1.0;          ///< learning rate of aux (-1: optim.lr of the search phase)
+  double aux_lr = 0.01;          ///< learning rate of aux (-1: the search optimiser's lr)
   OptimOptions search_optim{"adam", 1e-3, 0.9, false, 0.0, 0.9, 0.999, "cosine", 0.0, 1e-5, 5.0};
   /// Polynomial sites make freshly masked models fragile: the finetune clips gradients.
   OptimOptions finetune_optim{"sgd", 0.01, 0.9, true, 5e-4, 0.9, 0.999, "cosine", 0.0, 0.0, 5.0};
@@ -76,7 +76,7 @@ struct TrainOptions {
   double checkpoint_interval_s = 60.0;  ///< also checkpoint mid-epoch this often (0: epoch ends only)
   int64_t log_every = 50;               ///< plain progress line every N steps when not on a terminal
   int64_t eval_every = 1;               ///< evaluate every N epochs (and always after the last)
-  double skip_spikes = 0.0;             ///< skip a step whose loss exceeds this x the running mean (0: never)
+  double skip_spikes = 10.0;            ///< skip a step whose loss exceeds this x the running mean (0: never)
 };
 
 /// The whole resolved configuration of a run.

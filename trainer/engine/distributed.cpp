@@ -133,10 +133,16 @@ class C10dGroup : public Group {
   }
 
   void barrier() override {
-    // An all-reduce rather than c10d's barrier: it behaves the same on every backend.
+    // An all-reduce rather than c10d's barrier: it behaves the same on every backend. Under NCCL
+    // wait() only orders the CUDA stream; reading the sum back to the host blocks this process
+    // until every process has reached the barrier (what the callers rely on: rank 0's files are
+    // written before the others read them).
     auto one = torch::ones({1}, torch::TensorOptions().dtype(torch::kFloat).device(comm_device_));
     std::vector<at::Tensor> v{one};
     pg_->allreduce(v)->wait();
+    const float arrived = v[0].item<float>();
+    TORCH_CHECK(static_cast<int64_t>(arrived + 0.5f) == size(), "barrier: ", arrived, " of ", size(),
+                " processes arrived");
   }
 
  private:

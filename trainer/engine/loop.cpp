@@ -99,7 +99,7 @@ class TrainingRun {
     result_.best_checkpoint = best_path_;
     last_checkpoint_ = Clock::now();
     bool resumed_inside_phase = options_.resume;
-    BatchNormSnapshot running_stats(*ctx_.model);
+    StepSnapshot running_stats(*ctx_.model);
     running_stats_ = &running_stats;
     for (; epoch_ < config_.train.epochs; ++epoch_) {
       size_t pi = 0;
@@ -149,7 +149,7 @@ class TrainingRun {
     torch::manual_seed(config_.train.seed);
 
     const auto t_data = Clock::now();
-    data_ = data::load_dataset(config_.data, config_.train.seed);
+    data_ = data::load_dataset(config_.data);
     report_->line("data: " + data_.name + " train " + std::to_string(data_.train.size()) + " val " +
                   std::to_string(data_.val.size()) + " test " + std::to_string(data_.test.size()) + " (" +
                   std::to_string(std::chrono::duration<double>(Clock::now() - t_data).count()).substr(0, 4) + " s)");
@@ -201,6 +201,7 @@ class TrainingRun {
     ctx_.phase_step = s.at("phase_step");
     loss_sum_ = s.at("loss_sum");
     skipped_steps_ = s.value("skipped_steps", int64_t{0});
+    run_skipped_steps_ = s.value("run_skipped_steps", skipped_steps_);
     if (s.contains("spike_guard")) guard_.load_state(s.at("spike_guard"));
     part_sums_ = s.value("loss_part_sums", nlohmann::json::object());
     correct_ = s.at("correct");
@@ -252,6 +253,7 @@ class TrainingRun {
             {"loss_sum", loss_sum_},
             {"loss_part_sums", part_sums_},
             {"skipped_steps", skipped_steps_},
+            {"run_skipped_steps", run_skipped_steps_},
             {"spike_guard", guard_.state()},
             {"correct", correct_},
             {"seen", seen_},
@@ -292,6 +294,7 @@ class TrainingRun {
       ++steps_this_process_;
       if (s.skipped) {
         ++skipped_steps_;
+        ++run_skipped_steps_;
         report_->line("epoch " + std::to_string(epoch_ + 1) + " step " + std::to_string(step_in_epoch_ + 1) +
                       ": loss " + util::short_number(s.loss) + " against a running mean of " +
                       util::short_number(guard_.mean()) +
@@ -421,6 +424,8 @@ class TrainingRun {
     result_.best_accuracy = best_test_acc_;
     result_.best_val_accuracy = best_val_acc_;
     result_.final_accuracy = last_acc_;
+    result_.skipped_steps = run_skipped_steps_;
+    result_.method_state = method_.state();
     result_.kept_relus = layers::kept_relus(ctx_.model->sites());
     result_.total_relus = layers::total_relus(ctx_.model->sites());
     grad_sync_.reset();
@@ -449,7 +454,7 @@ class TrainingRun {
   const bool primary_;
   const int64_t world_, rank_;
   Reporter* report_ = nullptr;
-  BatchNormSnapshot* running_stats_ = nullptr;
+  StepSnapshot* running_stats_ = nullptr;
 
   nlohmann::json state_;  // of the checkpoint resumed from
   int64_t threads_ = 0;
@@ -470,6 +475,7 @@ class TrainingRun {
   int64_t correct_ = 0, seen_ = 0;
   nlohmann::json part_sums_ = nlohmann::json::object();  // each loss part summed over this epoch's samples
   int64_t skipped_steps_ = 0;                            // loss spikes skipped this epoch
+  int64_t run_skipped_steps_ = 0;                        // ... and over the whole run
   SpikeGuard guard_;
   std::string saved_phase_;
   double elapsed_before_ = 0.0;

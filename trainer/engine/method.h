@@ -91,6 +91,8 @@ class Method {
   /// Loss of a training batch; `logits` is the student's output.
   virtual LossOutput loss(TrainContext& ctx, const torch::Tensor& x, const torch::Tensor& y,
                           const torch::Tensor& logits);
+  /// Called before the optimiser step of a step that is taken (not for one the spike guard skips).
+  virtual void before_update(TrainContext& ctx) {}
   /// Called right after each optimiser step.
   virtual void after_step(TrainContext& ctx) {}
   /// Called at the end of each training epoch (before evaluation); adds method-specific

@@ -17,6 +17,7 @@ nlohmann::json run_result_json(const Config& config, const RunResult& r) {
                         {"relu_count", r.kept_relus},
                         {"total_relus", r.total_relus},
                         {"seconds", r.seconds},
+                        {"skipped_steps", r.skipped_steps},
                         {"checkpoint", "checkpoints/best.pt"}};
     if (r.best_val_accuracy >= 0) j["val_accuracy"] = r.best_val_accuracy;
     return j;
@@ -38,8 +39,14 @@ nlohmann::json run_result_json(const Config& config, const RunResult& r) {
                       {"best_accuracy", r.best_accuracy},
                       {"final_accuracy", r.final_accuracy},
                       {"seconds", r.seconds},
+                      {"skipped_steps", r.skipped_steps},
                       {"export_path", export_path}};
-  if (r.best_val_accuracy >= 0) j["val_accuracy"] = r.best_val_accuracy;
+  if (s.is_object() && s.contains("val_accuracy") && s["val_accuracy"].is_number())
+    j["val_accuracy"] = s["val_accuracy"];
+  else if (r.best_val_accuracy >= 0)
+    j["val_accuracy"] = r.best_val_accuracy;
+  if (r.method_state.is_object() && r.method_state.contains("search_end_kept"))
+    j["search_end_kept"] = r.method_state["search_end_kept"];
   return j;
 }
 

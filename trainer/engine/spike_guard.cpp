@@ -40,25 +40,29 @@ void SpikeGuard::load_state(const nlohmann::json& s) {
   consecutive_ = s.at("consecutive").get<int64_t>();
 }
 
-BatchNormSnapshot::BatchNormSnapshot(torch::nn::Module& model) {
+StepSnapshot::StepSnapshot(torch::nn::Module& model) {
+  auto last_name = [](const std::string& name) {
+    const auto dot = name.rfind('.');
+    return dot == std::string::npos ? name : name.substr(dot + 1);
+  };
   for (const auto& item : model.named_buffers()) {
-    const std::string& name = item.key();
-    for (const char* suffix : {"running_mean", "running_var", "num_batches_tracked"}) {
-      const std::string s(suffix);
-      if (name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0) {
-        buffers_.emplace_back(item.value(), torch::empty_like(item.value()));
-        break;
-      }
-    }
+    const std::string last = last_name(item.key());
+    if (last == "running_mean" || last == "running_var" || last == "num_batches_tracked" || last == "step")
+      buffers_.emplace_back(item.value(), torch::empty_like(item.value()));
+  }
+  for (const auto& item : model.named_parameters()) {
+    const std::string last = last_name(item.key());
+    if (last == "c0" || last == "c1" || last == "c2")
+      buffers_.emplace_back(item.value(), torch::empty_like(item.value()));
   }
 }
 
-void BatchNormSnapshot::save() {
+void StepSnapshot::save() {
   torch::NoGradGuard no_grad;
   for (auto& [live, copy] : buffers_) copy.copy_(live);
 }
 
-void BatchNormSnapshot::restore() {
+void StepSnapshot::restore() {
   torch::NoGradGuard no_grad;
   for (auto& [live, copy] : buffers_) live.copy_(copy);
 }

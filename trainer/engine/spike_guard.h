@@ -46,12 +46,14 @@ class SpikeGuard {
   int64_t consecutive_ = 0;
 };
 
-/// The running statistics a training forward updates — every buffer named running_mean,
-/// running_var or num_batches_tracked: batch norm's and the gates' (DaPa fits from the latter) —
-/// copied, to put back after a skipped step.
-class BatchNormSnapshot {
+/// What a training forward changes besides the graph, copied to put back after a skipped step so
+/// it leaves no trace: every buffer named running_mean, running_var or num_batches_tracked (batch
+/// norm's and the gates'), the gates' step counters (`step`) and their coefficients c0, c1, c2 (a
+/// DaPa refit in the forward overwrites them). The optimiser-state reset a refit calls for waits
+/// for Method::before_update, which a skipped step does not reach.
+class StepSnapshot {
  public:
-  explicit BatchNormSnapshot(torch::nn::Module& model);
+  explicit StepSnapshot(torch::nn::Module& model);
   void save();
   void restore();
 

@@ -4,8 +4,42 @@
 
 #include <cmath>
 #include <stdexcept>
+#include <string>
+
+#include "layers/util/text.h"
 
 namespace autorep::trainer::engine {
+
+namespace {
+
+// The first named tensor of `named` that is not finite, or "".
+std::string first_nonfinite(const torch::OrderedDict<std::string, torch::Tensor>& named) {
+  for (const auto& kv : named) {
+    if (kv.value().defined() && !torch::isfinite(kv.value()).all().item<bool>()) return kv.key();
+  }
+  return "";
+}
+
+}  // namespace
+
+std::string describe_divergence(models::NetImpl& model, const LossOutput& loss, const torch::Tensor& logits) {
+  torch::NoGradGuard no_grad;
+  std::string out = "loss parts:";
+  for (const auto& part : loss.parts) out += " " + part.first + " " + util::short_number(part.second.item<double>());
+  const auto bad_logits = (~torch::isfinite(logits.detach())).any(1).sum().item<int64_t>();
+  if (bad_logits > 0) out += "; " + std::to_string(bad_logits) + " samples with non-finite logits";
+  const auto params = model.named_parameters();
+  const std::string bad_param = first_nonfinite(params);
+  if (!bad_param.empty()) {
+    out += "; parameter " + bad_param + " is not finite (the previous step broke it)";
+  } else if (bad_logits > 0) {
+    out += " (every parameter is finite: this batch's activations overflowed";
+    out += model.sites().empty() ? std::string(")") : std::string(", e.g. through polynomial sites)");
+  }
+  out += ". train.skip_spikes skips single outlier batches; if every step spikes, lower the phase's learning "
+         "rate (optim, search.search_optim or search.finetune_optim lr)";
+  return out;
+}
 
 StepOutcome train_step(const StepEnv& env, const Phase& phase, const torch::Tensor& x, const torch::Tensor& y,
                        int64_t step_in_epoch, double loss_factor) {
@@ -39,12 +73,12 @@ StepOutcome train_step(const StepEnv& env, const Phase& phase, const torch::Tens
   out.loss = out.batch_stats[0].item<double>() / static_cast<double>(env.global_batch);
   out.skipped = guard.skip(out.loss);
   if (guard.diverged() || (!guard.enabled() && !std::isfinite(out.loss)))
-    throw std::runtime_error("training diverged: loss is " + std::to_string(out.loss) + " at epoch " +
+    throw std::runtime_error("training diverged: loss is " + util::short_number(out.loss) + " at epoch " +
                              std::to_string(ctx.epoch + 1) + " step " + std::to_string(step_in_epoch + 1) +
                              (guard.enabled() ? ", the " + std::to_string(guard.consecutive()) +
                                                     "th loss spike in a row (train.skip_spikes)"
                                               : std::string()) +
-                             " (try a lower optim.lr)");
+                             "; " + describe_divergence(*ctx.model, lo, logits));
   // The batch counts either way (the lr schedule and the data order go on); a skipped one
   // leaves no update.
   ++ctx.global_step;
@@ -53,6 +87,7 @@ StepOutcome train_step(const StepEnv& env, const Phase& phase, const torch::Tens
     env.running_stats->restore();
     return out;
   }
+  env.method->before_update(ctx);
   if (phase.optim.grad_clip > 0) torch::nn::utils::clip_grad_norm_(ctx.model->parameters(), phase.optim.grad_clip);
   optimizer.step();
   env.method->after_step(ctx);

@@ -20,7 +20,7 @@ struct StepEnv {
   TrainContext* ctx = nullptr;     ///< ctx->optimizer is the phase's optimiser
   Method* method = nullptr;
   SpikeGuard* guard = nullptr;
-  BatchNormSnapshot* running_stats = nullptr;  ///< saved before and restored after a skipped step
+  StepSnapshot* running_stats = nullptr;  ///< saved before and restored after a skipped step
   int64_t global_batch = 0;        ///< samples of the batch over all processes
   dist::Group* group = nullptr;    ///< null in a one-process run
   dist::GradientSync* sync = nullptr;
@@ -41,5 +41,10 @@ struct StepOutcome {
 /// the guard saw too many spikes in a row), naming the epoch and `step_in_epoch`.
 StepOutcome train_step(const StepEnv& env, const Phase& phase, const torch::Tensor& x, const torch::Tensor& y,
                        int64_t step_in_epoch, double loss_factor = 1.0);
+
+/// What a diverged step looked like, for its error message: the loss parts, how many samples had
+/// non-finite logits, the first parameter that is not finite (by name) or, when all are finite,
+/// that the batch's activations overflowed; and what to try.
+std::string describe_divergence(models::NetImpl& model, const LossOutput& loss, const torch::Tensor& logits);
 
 }  // namespace autorep::trainer::engine

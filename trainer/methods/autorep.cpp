@@ -41,6 +41,7 @@ class AutorepMethod : public ReductionMethod {
   void begin_phase(TrainContext& ctx, const Phase& phase, bool resumed) override {
     if (phase.kind == PhaseKind::Finetune && !resumed) {
       const int64_t before = layers::kept_relus(ctx.model->sites());
+      search_end_kept_ = before;
       const int64_t kept = search::project_to_budget(gates_, budget_);
       ctx.log("projection: the search ended at " + std::to_string(before) + " ReLUs; kept the " +
               std::to_string(kept) + " with the largest aux (budget " + std::to_string(budget_) + ")");
@@ -49,6 +50,7 @@ class AutorepMethod : public ReductionMethod {
   }
 
   void after_step(TrainContext& ctx) override {
+    ReductionMethod::after_step(ctx);
     if (masks_final_) return;
     layers::hysteresis_update(*ctx.model);
     lambda_.update(last_rho_, rho_target());
@@ -62,9 +64,13 @@ class AutorepMethod : public ReductionMethod {
   nlohmann::json state() const override {
     auto s = ReductionMethod::state();
     s["lambda"] = lambda_.state();
+    if (search_end_kept_ >= 0) s["search_end_kept"] = search_end_kept_;
     return s;
   }
-  void load_state(const nlohmann::json& s) override { lambda_.load_state(s.at("lambda")); }
+  void load_state(const nlohmann::json& s) override {
+    lambda_.load_state(s.at("lambda"));
+    search_end_kept_ = s.value("search_end_kept", int64_t{-1});
+  }
 
  protected:
   std::vector<engine::ParamGroup> search_groups(TrainContext& ctx, const Phase& phase) const override {
@@ -86,6 +92,7 @@ class AutorepMethod : public ReductionMethod {
   AutorepOptions options_;
   search::LambdaSchedule lambda_;
   double last_rho_ = 1.0;
+  int64_t search_end_kept_ = -1;  ///< ReLUs kept when the search ended (before the projection)
 };
 
 }  // namespace

@@ -78,12 +78,16 @@ class UniformMethod : public FixedMaskMethod {
   }
 };
 
+// Fixed masks have no search phase: they finetune for all train.epochs.
+const std::vector<std::string> kNoSearchKeys = {"search.search_epochs", "search.search_optim", "search.aux_lr"};
+
 }  // namespace
 
 MethodEntry uniform_method() {
   MethodEntry e;
   e.name = "uniform";
   e.summary = "the same kept fraction at every site, by the teacher's activation magnitude; finetune only";
+  e.schema.unused_keys = kNoSearchKeys;
   e.make = [](const engine::Config& c) { return std::make_unique<UniformMethod>(c); };
   return e;
 }
@@ -92,6 +96,7 @@ MethodEntry random_method() {
   MethodEntry e;
   e.name = "random";
   e.summary = "a seeded random set of ReLUs at the budget; finetune only";
+  e.schema.unused_keys = kNoSearchKeys;
   e.make = [](const engine::Config& c) { return std::make_unique<RandomMethod>(c); };
   return e;
 }

@@ -2,8 +2,10 @@
 
 #include <torch/torch.h>
 
+#include <cmath>
 #include <filesystem>
 
+#include "layers/curvature.h"
 #include "layers/snl_gate.h"
 #include "layers/util/text.h"
 #include "search/snl.h"
@@ -128,12 +130,42 @@ void ReductionMethod::prepare(TrainContext& ctx, bool resuming) {
             "emulated and slower than float32");
   gates_ = layers::gates(*ctx.model);
   TORCH_INTERNAL_ASSERT(gates_.size() == ctx.model->sites().size());
+  if (!resuming) calibrate_gates(ctx);
   total_ = layers::total_relus(gates_);
   budget_ = config_.search.budget.resolve(total_);
   ctx.log("budget: " + std::to_string(budget_) + " of " + std::to_string(total_) + " ReLUs (" +
           config_.search.budget.json().dump() + "), granularity " +
           layers::granularity_name(config_.gate.granularity()) + ", teacher " + config_.search.teacher +
           " (KD targets in " + config_.search.kd.teacher_dtype + ")");
+}
+
+// The student is the teacher's copy with every mask kept, so its gates see the teacher's
+// activations: their exact statistics over the first training images replace the N(0, 1) prior
+// the running statistics start from, and the first DaPa fit (used by every polynomial until the
+// first refit, and by fixed-mask methods from step 0) fits the real distribution.
+void ReductionMethod::calibrate_gates(TrainContext& ctx) {
+  const auto& dapa = config_.gate.dapa();
+  if (gates_.empty() || !dapa.enabled() || dapa.calibration_batches() == 0) return;
+  const auto& data = *ctx.data;
+  const int64_t n = std::min(data.train.size(), dapa.calibration_batches() * config_.data.batch_size);
+  torch::NoGradGuard no_grad;
+  const bool was_training = ctx.model->is_training();
+  ctx.model->eval();
+  layers::begin_calibration(*ctx.model);
+  for (int64_t start = 0; start < n; start += config_.data.eval_batch_size) {
+    auto idx = torch::arange(start, std::min(n, start + config_.data.eval_batch_size), torch::kLong);
+    ctx.model->forward(data::make_batch(data, data.train, idx, /*train=*/false, 0).to(ctx.device));
+  }
+  layers::end_calibration(*ctx.model);
+  ctx.model->train(was_training);
+  double min_std = INFINITY, max_std = 0;
+  for (const auto& g : gates_) {
+    const auto sd = g->running_var().sqrt();
+    min_std = std::min(min_std, sd.min().item<double>());
+    max_std = std::max(max_std, sd.max().item<double>());
+  }
+  ctx.log("calibration: gate statistics from the teacher's activations on " + std::to_string(n) +
+          " training images (channel std " + util::short_number(min_std) + " .. " + util::short_number(max_std) + ")");
 }
 
 void ReductionMethod::begin_phase(TrainContext& ctx, const Phase& phase, bool resumed) {
@@ -158,8 +190,6 @@ std::vector<ParamGroup> ReductionMethod::search_groups(TrainContext& ctx, const 
 
 LossOutput ReductionMethod::loss(TrainContext& ctx, const torch::Tensor& x, const torch::Tensor& y,
                                  const torch::Tensor& logits) {
-  // A DaPa refit in this forward overwrote coefficients: their optimiser moments are stale.
-  layers::reset_optimizer_state(*ctx.optimizer, layers::refitted_coefficients(*ctx.model));
   LossOutput out;
   auto ce = engine::classification_loss(config_, logits, y);
   auto kd = search::kd_loss(logits, teacher_logits(*kd_teacher_, x), config_.search.kd.temperature);
@@ -167,6 +197,13 @@ LossOutput ReductionMethod::loss(TrainContext& ctx, const torch::Tensor& x, cons
   out.parts = {{"ce", ce.detach()}, {"kd", (config_.search.kd.weight * kd).detach()}};
   add_penalty(ctx, out);
   return out;
+}
+
+void ReductionMethod::after_step(TrainContext&) { layers::cap_curvature(gates_); }
+
+void ReductionMethod::before_update(TrainContext& ctx) {
+  // A DaPa refit in this step's forward overwrote coefficients: their optimiser moments are stale.
+  layers::reset_optimizer_state(*ctx.optimizer, layers::refitted_coefficients(*ctx.model));
 }
 
 void ReductionMethod::on_epoch_end(TrainContext& ctx, nlohmann::json& m) {

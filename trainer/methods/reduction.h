@@ -56,6 +56,9 @@ class ReductionMethod : public engine::Method {
   bool may_be_best(const engine::TrainContext&, const engine::Phase& phase) const override {
     return phase.kind == engine::PhaseKind::Finetune;
   }
+  void before_update(engine::TrainContext& ctx) override;
+  /// Keeps every polynomial's curvature within its widest fit (layers::cap_curvature).
+  void after_step(engine::TrainContext& ctx) override;
   void on_epoch_end(engine::TrainContext& ctx, nlohmann::json& m) override;
   std::string progress(engine::TrainContext& ctx) const override;
   nlohmann::json state() const override { return {{"budget", budget_}}; }
@@ -68,6 +71,8 @@ class ReductionMethod : public engine::Method {
   double aux_lr(const engine::Phase& phase) const {
     return config_.search.aux_lr > 0 ? config_.search.aux_lr : phase.optim.lr;
   }
+  /// Calibration pass of the gates (gate.dapa.calibration_batches) before the first step.
+  void calibrate_gates(engine::TrainContext& ctx);
   double rho_target() const { return static_cast<double>(budget_) / static_cast<double>(total_); }
 
   engine::Config config_;

@@ -191,7 +191,17 @@ TEST_CASE("a plain-ReLU model exports as layer-level relu sites", "[export]") {
   CHECK(doc["granularity"] == "layer");
   CHECK(doc["budget"]["target"].is_null());
   CHECK(doc["accuracy"]["test"].is_null());
+  CHECK_FALSE(doc["accuracy"].contains("val"));
   CHECK(doc["model"]["checkpoint_sha256"].is_null());
+  // With a validation split the export carries the validation accuracy beside the test one.
+  info.accuracy = 0.91;
+  info.val_accuracy = 0.93;
+  ExportJson with_val = exports::build_export(net->sites(), info, exports::default_cost_table());
+  require_schema_valid(with_val);
+  CHECK(with_val["accuracy"]["val"].get<double>() == 0.93);
+  CHECK_NOTHROW(exports::parse_export(with_val, "v.json"));
+  with_val["accuracy"]["val"] = 1.5;
+  CHECK_THROWS_WITH(exports::parse_export(with_val, "v.json"), Catch::Contains("accuracy.val"));
   CHECK(doc["cost"]["reduction"]["total"].get<double>() == 1.0);
   for (const auto& s : doc["sites"]) {
     CHECK(s["decision"] == "relu");
@@ -222,6 +232,11 @@ TEST_CASE("reading a broken export names the key path", "[export]") {
                     Contains("x.json: sites[1].mask.data: missing"));
   CHECK_THROWS_WITH(parse(broken([](ExportJson& d) { d["sites"][0]["kept"] = "86"; })),
                     Contains("sites[0].kept: expected an integer"));
+  // Sizes whose product overflows int64 are refused before any product is formed.
+  CHECK_THROWS_WITH(parse(broken([](ExportJson& d) {
+                      d["sites"][0]["shape"] = {int64_t{1} << 40, int64_t{1} << 40, 3};
+                    })),
+                    Contains("sites[0].shape: has more than 2^40 elements"));
   CHECK_THROWS_WITH(parse(broken([](ExportJson& d) { d["sites"][0]["colour"] = "red"; })),
                     Contains("sites[0].colour: unknown key"));
   CHECK_THROWS_WITH(parse(broken([](ExportJson& d) { d["model"].erase("arch"); })), Contains("model.arch: missing"));

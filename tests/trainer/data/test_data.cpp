@@ -92,10 +92,18 @@ void write_idx_set(const TempDir& dir, bool gz, int n_train = 20, int n_test = 6
   put("t10k-labels-idx1-ubyte", idx_labels(n_test));
 }
 
+// The readers' tests look at every training image: no validation split.
 DataOptions options_for(const std::string& name, const std::string& path) {
   DataOptions o;
   o.name = name;
   o.path = path;
+  o.val_split = 0;
+  return o;
+}
+
+DataOptions no_split() {
+  DataOptions o;
+  o.val_split = 0;
   return o;
 }
 
@@ -147,7 +155,7 @@ TEST_CASE("load_dataset reads the real Fashion-MNIST from .gz", "[data][idx]") {
     WARN("skipped: " << kFashionDir << " is missing (apt-get install dataset-fashion-mnist)");
     return;
   }
-  const DataSplits d = load_dataset(DataOptions{});
+  const DataSplits d = load_dataset(no_split());
   CHECK(d.name == "fashion-mnist");
   CHECK(d.classes == 10);
   CHECK(d.train.size() == 60000);
@@ -174,7 +182,7 @@ TEST_CASE("load_dataset reads the real Fashion-MNIST from .gz", "[data][idx]") {
   CHECK(d.crop_padding == 2);
   CHECK(d.flip);
 
-  DataOptions limited;
+  DataOptions limited = no_split();
   limited.limit_train = 1000;
   limited.limit_test = 100;
   limited.flip = 0;
@@ -607,10 +615,22 @@ TEST_CASE("the validation split is seeded, disjoint from the training images, an
   DataOptions o;
   o.limit_train = 600;
   o.limit_test = 10;
+  // The default holds out 5,000 images, never more than a tenth of the training images.
+  CHECK(load_dataset(o).val.size() == 60);
+  CHECK(val_split_size(o, 60000) == 5000);
+  CHECK(val_split_size(o, 30000) == 3000);
+  o.name = "image-folder";
+  CHECK(val_split_size(o, 1234) == 123);
+  o.name = "fashion-mnist";
+  o.val_split = 0;
   const DataSplits all = load_dataset(o);
   CHECK(all.val.size() == 0);
   o.val_split = 100;
-  const DataSplits a = load_dataset(o, 7), again = load_dataset(o, 7), other = load_dataset(o, 8);
+  o.split_seed = 7;
+  const DataSplits a = load_dataset(o), again = load_dataset(o);
+  o.split_seed = 8;
+  const DataSplits other = load_dataset(o);
+  o.split_seed = 7;
   REQUIRE(a.val.size() == 100);
   REQUIRE(a.train.size() == 500);
   CHECK(torch::equal(a.val.images, again.val.images));
@@ -633,6 +653,6 @@ TEST_CASE("the validation split is seeded, disjoint from the training images, an
   for (const auto& r : val) CHECK(train.count(r) == 0);
   o.val_split = 600;
   CHECK_THROWS_WITH(load_dataset(o), Catch::Contains("data.val_split") && Catch::Contains("none to train on"));
-  o.val_split = -1;
+  o.val_split = -2;
   CHECK_THROWS_WITH(load_dataset(o), Catch::Contains("data.val_split"));
 }

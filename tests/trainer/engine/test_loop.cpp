@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "layers/gate.h"
 #include "trainer/engine/checkpoint.h"
 #include "trainer/engine/config.h"
 #include "trainer/data/dataset.h"
@@ -230,11 +231,34 @@ TEST_CASE("the spike guard judges losses against the running mean after its warm
   CHECK_FALSE(h.skip(1e6));  // a new phase warms up again
 }
 
+TEST_CASE("a step snapshot undoes a gate's refit, step count and running statistics", "[train][spike]") {
+  autorep::layers::GateOptions o({3, 4, 4});
+  o.dapa().refit_every(2).refit_until(100);
+  torch::nn::Sequential net{autorep::layers::Gate(o)};
+  net->train();
+  auto gate = autorep::layers::gates(*net).front();
+  for (int i = 0; i < 2; ++i) net->forward(torch::randn({4, 3, 4, 4}) * 3 + 2);  // the next forward refits
+  StepSnapshot snap(*net);
+  snap.save();
+  std::vector<torch::Tensor> before;
+  for (const auto& t : {gate->c0(), gate->c1(), gate->c2(), gate->running_mean(), gate->running_var()})
+    before.push_back(t.detach().clone());
+  const int64_t step = gate->step();
+  net->forward(torch::randn({4, 3, 4, 4}) * 50);
+  REQUIRE(gate->refitted_last_step());
+  CHECK_FALSE(torch::equal(gate->c0(), before[0]));
+  snap.restore();
+  CHECK(gate->step() == step);
+  const std::vector<torch::Tensor> after = {gate->c0(), gate->c1(), gate->c2(), gate->running_mean(),
+                                            gate->running_var()};
+  for (size_t i = 0; i < before.size(); ++i) CHECK(torch::equal(after[i], before[i]));
+}
+
 TEST_CASE("a batch-norm snapshot puts the running statistics back", "[train][spike]") {
   torch::nn::Sequential net(torch::nn::Conv2d(torch::nn::Conv2dOptions(1, 4, 3)), torch::nn::BatchNorm2d(4));
   net->train();
   net->forward(torch::randn({8, 1, 6, 6}));
-  BatchNormSnapshot snap(*net);
+  StepSnapshot snap(*net);
   snap.save();
   std::vector<torch::Tensor> before;
   for (const auto& b : net->buffers()) before.push_back(b.clone());

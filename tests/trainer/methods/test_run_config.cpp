@@ -36,6 +36,31 @@ TEST_CASE("unknown keys and wrong types name the key path", "[config]") {
   CHECK_NOTHROW(config_from_json(json{{"search", {{"kd", {{"teacher_dtype", "bfloat16"}}}}}}));
 }
 
+TEST_CASE("numeric gate keys are range-checked and a search must leave finetune epochs", "[config]") {
+  for (const char* key : {"scale1", "scale2"}) {
+    CAPTURE(key);
+    for (double bad : {0.0, -1.0}) {
+      CHECK_THROWS_WITH(config_from_json(json{{"gate", {{key, bad}}}}),
+                        Catch::Contains(std::string("gate.") + key) && Catch::Contains("> 0"));
+    }
+  }
+  for (const char* key : {"w0_div", "w2_div", "var_floor"})
+    CHECK_THROWS_WITH(config_from_json(json{{"gate", {{"dapa", {{key, 0}}}}}}),
+                      Catch::Contains(std::string("gate.dapa.") + key));
+  CHECK_THROWS_WITH(config_from_json(json{{"gate", {{"dapa", {{"sigma_scale", 0.5}}}}}}),
+                    Catch::Contains("gate.dapa.sigma_scale") && Catch::Contains(">= 1"));
+  CHECK_THROWS_WITH(config_from_json(json{{"gate", {{"dapa", {{"calibration_batches", -1}}}}}}),
+                    Catch::Contains("gate.dapa.calibration_batches"));
+  CHECK_THROWS_WITH(config_from_json(json{{"gate", {{"threshold", -0.1}}}}), Catch::Contains("gate.threshold"));
+  CHECK_NOTHROW(config_from_json(json{{"gate", {{"scale2", 0.05}, {"dapa", {{"sigma_scale", 1}}}}}}));
+  // The search epochs must leave a finetune (best.pt is chosen among its epochs).
+  CHECK_THROWS_WITH(config_from_json(json{{"method", "autorep"}, {"train", {{"epochs", 5}}}, {"search", {{"search_epochs", 5}}}}),
+                    Catch::Contains("search.search_epochs") && Catch::Contains("below train.epochs"));
+  CHECK_NOTHROW(config_from_json(json{{"method", "autorep"}, {"train", {{"epochs", 6}}}, {"search", {{"search_epochs", 5}}}}));
+  // Fixed masks have no search phase: search_epochs does not apply to them.
+  CHECK_NOTHROW(config_from_json(json{{"method", "uniform"}, {"train", {{"epochs", 2}}}}));
+}
+
 TEST_CASE("set overrides (--set) change any key, parsing JSON values and falling back to strings", "[config]") {
   json user = json::object();
   apply_override(user, "optim.lr=0.05");
