@@ -26,15 +26,16 @@ export_json="$out/autorep/export/mask.json"
 $bin inspect "$export_json" | tail -n 4
 $bin verify --export "$export_json" --checkpoint "$out/autorep/checkpoints/best.pt"
 
-# Best test accuracy of a phase (the reduced model's best.pt is the best finetune epoch).
-acc() { grep '"type":"eval"' "$1/metrics.jsonl" | grep "\"phase\":\"$2\"" |
-        sed 's/.*"test_accuracy":\([0-9.e-]*\).*/\1/' | sort -g | tail -1; }
-relus() { grep '"type":"eval"' "$1/metrics.jsonl" | tail -1 | sed 's/.*"kept_relus":\([0-9]*\).*/\1/'; }
-base_acc=$(acc "$out/baseline" train); red_acc=$(acc "$out/autorep" finetune)
+# Test accuracy of the checkpoint a run selected on validation accuracy (its result.json), and
+# that validation accuracy.
+field() { sed -n "s/.*\"$2\": *\([0-9.e-]*\).*/\1/p" "$1/result.json" | head -1; }
+base_acc=$(field "$out/baseline" accuracy); red_acc=$(field "$out/autorep" accuracy)
+base_val=$(field "$out/baseline" val_accuracy); red_val=$(field "$out/autorep" val_accuracy)
+relus() { field "$1" relu_count; }
 echo
 echo "== summary ($(( $(date +%s) - start )) s)"
 pct() { awk -v a="$1" 'BEGIN { printf "%.2f%%", a * 100 }'; }
-echo "  baseline  : test accuracy $(pct "$base_acc"), ReLUs $(relus "$out/baseline")"
-echo "  autorep   : test accuracy $(pct "$red_acc"), ReLUs $(relus "$out/autorep")"
+echo "  baseline  : test accuracy $(pct "$base_acc") (validation $(pct "$base_val")), ReLUs $(relus "$out/baseline")"
+echo "  autorep   : test accuracy $(pct "$red_acc") (validation $(pct "$red_val")), ReLUs $(relus "$out/autorep")"
 echo "  runs      : $out/baseline, $out/autorep (config.json, metrics.jsonl, log.txt, checkpoints/)"
 echo "  export    : $export_json (autorep.relu-mask v1; inspect it with: $bin inspect $export_json)"

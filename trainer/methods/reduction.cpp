@@ -145,7 +145,10 @@ void ReductionMethod::prepare(TrainContext& ctx, bool resuming) {
 // first refit, and by fixed-mask methods from step 0) fits the real distribution.
 void ReductionMethod::calibrate_gates(TrainContext& ctx) {
   const auto& dapa = config_.gate.dapa();
-  if (gates_.empty() || !dapa.enabled() || dapa.calibration_batches() == 0) return;
+  // No data (e.g. `autorep bench step`, which times steps on random batches): nothing to calibrate on.
+  if (gates_.empty() || !dapa.enabled() || dapa.calibration_batches() == 0 || ctx.data == nullptr ||
+      ctx.data->train.size() == 0)
+    return;
   const auto& data = *ctx.data;
   const int64_t n = std::min(data.train.size(), dapa.calibration_batches() * config_.data.batch_size);
   torch::NoGradGuard no_grad;
