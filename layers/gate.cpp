@@ -5,6 +5,7 @@
 #include <cmath>
 #include <sstream>
 #include <type_traits>
+#include <utility>
 
 #include "layers/curvature.h"
 #include "layers/gate_function.h"
@@ -27,6 +28,20 @@ void erase_state(Map& state, const torch::Tensor& p) {
   } else {
     state.erase(static_cast<Key>(p.unsafeGetTensorImpl()));
   }
+}
+
+// Per-channel [sum x, sum x^2] of x (N×C×...) in double, and the number of values per channel.
+torch::Tensor channel_moments(const torch::Tensor& x) {
+  std::vector<int64_t> dims{0};
+  for (int64_t d = 2; d < x.dim(); ++d) dims.push_back(d);
+  const auto xd = x.detach().to(torch::kDouble);
+  return torch::stack({xd.sum(dims), (xd * xd).sum(dims)});
+}
+
+// Mean and unbiased variance (as batch norm keeps it) from [sum x, sum x^2] over n values.
+std::pair<torch::Tensor, torch::Tensor> mean_and_var(const torch::Tensor& sums, int64_t n) {
+  const auto mean = sums[0] / n;
+  return {mean, ((sums[1] - sums[0] * mean) / (n - 1)).clamp_min(0)};
 }
 
 }  // namespace
@@ -121,8 +136,7 @@ void GateImpl::end_calibration() {
   calibration_ = torch::Tensor();
   if (n < 2) return;
   torch::NoGradGuard no_grad;
-  const auto mean = sums[0] / n;
-  const auto var = ((sums[1] - sums[0] * mean) / (n - 1)).clamp_min(0);
+  const auto [mean, var] = mean_and_var(sums, n);
   running_mean_.copy_(mean);
   running_var_.copy_(var);
   refit();
@@ -140,9 +154,7 @@ void GateImpl::update_running_stats(const torch::Tensor& moments, int64_t count)
     m = packed.slice(0, 0, 2 * c).view({2, c});
   }
   if (count < 2) return;
-  const auto mean = m[0] / count;
-  // Unbiased batch variance, as batch norm keeps it.
-  const auto var = ((m[1] - m[0] * mean) / (count - 1)).clamp_min(0);
+  const auto [mean, var] = mean_and_var(m, count);
   const double mom = options_.dapa().momentum();
   running_mean_.mul_(1 - mom).add_(mean.to(running_mean_.options()), mom);
   running_var_.mul_(1 - mom).add_(var.to(running_var_.options()), mom);
@@ -159,10 +171,7 @@ torch::Tensor GateImpl::forward(const torch::Tensor& x) {
   const auto aux = frozen_ ? aux_.detach() : aux_;
   if (calibrating()) {
     torch::NoGradGuard no_grad;
-    std::vector<int64_t> dims{0};
-    for (int64_t d = 2; d < x.dim(); ++d) dims.push_back(d);
-    const auto xd = x.detach().to(torch::kDouble);
-    calibration_.add_(torch::stack({xd.sum(dims), (xd * xd).sum(dims)}).cpu());
+    calibration_.add_(channel_moments(x).cpu());
     calibration_count_ += x.numel() / std::max<int64_t>(s[0], 1);
   }
   if (!is_training()) {
@@ -182,10 +191,7 @@ torch::Tensor GateImpl::forward(const torch::Tensor& x) {
   } else {
     y = gate_composite(x, aux, mask_, c0_, c1_, c2_, s1, s2, deg);
     torch::NoGradGuard no_grad;
-    std::vector<int64_t> dims{0};
-    for (int64_t d = 2; d < x.dim(); ++d) dims.push_back(d);
-    const auto xd = x.detach().to(torch::kDouble);
-    moments = torch::stack({xd.sum(dims), (xd * xd).sum(dims)});
+    moments = channel_moments(x);
   }
   update_running_stats(moments, x.numel() / std::max<int64_t>(s[0], 1));
   {
