@@ -8,7 +8,6 @@
 
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <stdexcept>
 #include <system_error>
 
@@ -68,13 +67,26 @@ void write_atomically(const std::string& path, const std::function<void(const st
   rename_into_place(tmp, path);
 }
 
-void write_file_atomic(const std::string& path, const std::string& text) {
+void write_file_atomic(const std::string& path, const std::string& bytes) {
   write_atomically(path, [&](const std::string& tmp) {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) throw std::runtime_error(path + ": cannot open for writing");
-    out << text;
-    out.flush();
-    if (!out) throw std::runtime_error(path + ": write failed");
+    // write(2) rather than a stream, so a full disk or a file-size limit is reported by its
+    // errno (ENOSPC, EFBIG, EDQUOT) and not as a stream's failbit.
+    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) throw std::runtime_error(path + ": cannot write (" + std::strerror(errno) + ")");
+    const char* p = bytes.data();
+    size_t left = bytes.size();
+    while (left > 0) {
+      const ssize_t n = ::write(fd, p, left);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        const std::string why = n < 0 ? std::strerror(errno) : "no progress";
+        ::close(fd);
+        throw std::runtime_error(path + ": cannot write (" + why + ")");
+      }
+      p += n;
+      left -= static_cast<size_t>(n);
+    }
+    if (::close(fd) != 0) throw std::runtime_error(path + ": cannot write (" + std::strerror(errno) + ")");
   });
 }
 

@@ -13,8 +13,10 @@ std::string temp_path_for(const std::string& path);
 /// Moves a finished temporary file into place; on failure removes it and throws naming `path`.
 void rename_into_place(const std::string& tmp, const std::string& path);
 
-/// Writes `text` to `path` atomically, creating the parent folders.
-void write_file_atomic(const std::string& path, const std::string& text);
+/// Writes `bytes` to `path` atomically, creating the parent folders; a write error (full disk,
+/// file-size limit, no permission) throws "<path>: cannot write (<reason>)" and leaves the old
+/// file under `path` as it was, with no temporary file.
+void write_file_atomic(const std::string& path, const std::string& bytes);
 
 /// Calls `write(tmp)` to produce the file under its temporary name, then renames it into place
 /// (the temporary file is removed when `write` throws).

@@ -9,6 +9,7 @@
 #include "trainer/engine/distributed.h"
 #include "trainer/app/sweep.h"
 
+#include "trainer/engine/interrupt.h"
 #include "trainer/app/common.h"
 
 namespace autorep::trainer::app {
@@ -46,6 +47,7 @@ void print_table(const std::vector<SweepRow>& rows) {
 
 int cmd_sweep(const SweepArgs& a) {
   const SweepConfig sweep = load_sweep_config(a.config);
+  interrupt::install();
   if (!a.collect) dist::init_from_environment(a.dist, a.device.empty() ? "auto" : a.device);
   SweepOptions o;
   o.quiet = !dist::is_primary();

@@ -15,6 +15,7 @@
 #include "trainer/app/run.h"
 #include "trainer/engine/device.h"
 #include "trainer/engine/evaluate.h"
+#include "trainer/engine/interrupt.h"
 #include "trainer/engine/loop.h"
 
 #include "layers/util/json_check.h"
@@ -44,6 +45,7 @@ struct TrainArgs {
 };
 
 int cmd_train(const TrainArgs& a) {
+  interrupt::install();
   std::vector<std::string> sets = a.sets;
   if (!a.device.empty()) sets.push_back("train.device=\"" + a.device + "\"");
   if (a.threads >= 0) sets.push_back("train.threads=" + std::to_string(a.threads));

@@ -4,10 +4,13 @@
 
 #include <malloc.h>
 
+#include <csignal>
+
 #include <iostream>
 
 #include "trainer/app/commands.h"
 #include "trainer/engine/distributed.h"
+#include "trainer/engine/interrupt.h"
 
 namespace {
 // In a multi-process run every rank may report an error; each says which rank it is.
@@ -23,6 +26,9 @@ int main(int argc, char** argv) {
   // return them to the system and page-fault them back in each time.
   mallopt(M_MMAP_THRESHOLD, 32 << 20);
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  // Past a file-size limit a write fails with EFBIG (and the command says which file) instead of
+  // the process being killed.
+  std::signal(SIGXFSZ, SIG_IGN);
   CLI::App app{"autorep: learn which ReLUs a CNN keeps under a ReLU budget, replace the rest by polynomials, "
                "and export masks for private inference"};
   app.require_subcommand(1);
@@ -40,6 +46,8 @@ int main(int argc, char** argv) {
   try {
     for (const auto& c : commands)
       if (c.app->parsed()) return c.run();
+  } catch (const autorep::trainer::engine::interrupt::Interrupted& e) {
+    return autorep::trainer::engine::interrupt::exit_code(e.signal);  // the run or sweep has said where it stopped
   } catch (const c10::Error& e) {
     std::cerr << error_prefix() << e.what_without_backtrace() << std::endl;
     return 1;

@@ -24,6 +24,7 @@
 #include "trainer/methods/registry.h"
 #include "trainer/methods/run_config.h"
 
+#include "trainer/engine/interrupt.h"
 #include "trainer/app/common.h"
 
 namespace autorep::trainer::app {
@@ -162,6 +163,8 @@ SweepResult run_sweep(const SweepConfig& sweep, const SweepOptions& options) {
       RunResult r;
       try {
         r = train_run(teacher_config, ro);
+      } catch (const interrupt::Interrupted&) {
+        throw;  // the teacher's last.pt is written; the same sweep command resumes it
       } catch (const std::exception& e) {
         throw std::runtime_error("teacher (" + teacher_dir.string() + "): " + error_text(e));
       }
@@ -185,6 +188,13 @@ SweepResult run_sweep(const SweepConfig& sweep, const SweepOptions& options) {
     if (p.index % options.shards != options.shard - 1 || !chosen) {
       ++result.other_shards;
       continue;
+    }
+    if (interrupt::requested() != 0) {
+      write_table();
+      const std::string message = std::string("sweep stopped by ") + interrupt::name(interrupt::requested()) +
+                                  " before " + p.name + "; run the same command to continue";
+      console.line(message);
+      throw interrupt::Interrupted(interrupt::requested(), message);
     }
     dist::barrier();  // every process sees the run folders as rank 0 left them
     const SweepRow before = inspect_run(p, out);
@@ -213,7 +223,14 @@ SweepResult run_sweep(const SweepConfig& sweep, const SweepOptions& options) {
       ro.out_dir = p.dir.string();
       ro.resume = resume;
       ro.quiet = options.quiet || options.quiet_runs;
-      const RunResult r = train_run(p.config, ro);
+      RunResult r;
+      try {
+        r = train_run(p.config, ro);
+      } catch (const interrupt::Interrupted& e) {
+        write_table();
+        console.line(tag(p) + ": " + e.what() + " (or run the same sweep command)");
+        throw;
+      }
       if (!r.completed) throw std::runtime_error("the run stopped before its last epoch");
       const nlohmann::json rj = run_result_json(p.config, r);
       const double accuracy = rj.at("accuracy").get<double>();

@@ -4,7 +4,7 @@
 
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
+#include <sstream>
 #include <stdexcept>
 
 #include "layers/util/atomic_file.h"
@@ -53,7 +53,11 @@ void save_checkpoint(const std::string& path, const torch::nn::Module& model,
     archive.write("optimizer", optim_archive);
   }
   archive.write("rng", at::detail::getDefaultCPUGenerator().get_state(), /*is_buffer=*/true);
-  util::write_atomically(path, [&](const std::string& tmp) { archive.save_to(tmp); });
+  // Serialised in memory first: LibTorch's file writer throws from its destructor when the disk
+  // fills up (the process aborts); a failed write of the finished bytes is one clear error.
+  std::ostringstream bytes;
+  archive.save_to(bytes);
+  util::write_file_atomic(path, bytes.str());
 }
 
 CheckpointMeta read_checkpoint_meta(const std::string& path) {
@@ -73,7 +77,8 @@ bool checkpoint_has_optimizer(const std::string& path) {
   return archive.try_read("optimizer", sub);
 }
 
-void load_checkpoint(const std::string& path, torch::nn::Module& model, torch::optim::Optimizer* optimizer) {
+void load_checkpoint(const std::string& path, torch::nn::Module& model, torch::optim::Optimizer* optimizer,
+                     RngState rng_state) {
   auto archive = open_archive(path);
   torch::serialize::InputArchive model_archive;
   if (!archive.try_read("model", model_archive))
@@ -89,7 +94,7 @@ void load_checkpoint(const std::string& path, torch::nn::Module& model, torch::o
     if (archive.try_read("optimizer", optim_archive)) optimizer->load(optim_archive);
   }
   torch::Tensor rng;
-  if (archive.try_read("rng", rng, /*is_buffer=*/true)) {
+  if (rng_state == RngState::restore && archive.try_read("rng", rng, /*is_buffer=*/true)) {
     auto gen = at::detail::getDefaultCPUGenerator();
     gen.set_state(rng);
   }

@@ -28,9 +28,14 @@ void save_checkpoint(const std::string& path, const torch::nn::Module& model,
 /// missing or not an autorep checkpoint.
 CheckpointMeta read_checkpoint_meta(const std::string& path);
 
+/// Whether loading a checkpoint also sets the global CPU generator to the state it saved:
+/// only a resume does; loading a teacher or a model to evaluate leaves the run's RNG alone.
+enum class RngState { keep, restore };
+
 /// Loads parameters and buffers into `model` (which must have the checkpoint's structure)
 /// and, when `optimizer` is given and the checkpoint has optimiser state, the optimiser.
-void load_checkpoint(const std::string& path, torch::nn::Module& model, torch::optim::Optimizer* optimizer);
+void load_checkpoint(const std::string& path, torch::nn::Module& model, torch::optim::Optimizer* optimizer,
+                     RngState rng = RngState::keep);
 
 /// Whether the checkpoint at `path` holds optimiser state.
 bool checkpoint_has_optimizer(const std::string& path);

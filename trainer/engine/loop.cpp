@@ -3,7 +3,9 @@
 #include <torch/torch.h>
 
 #include <chrono>
+#include <csignal>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iomanip>
@@ -21,6 +23,7 @@
 #include "trainer/engine/optim.h"
 #include "trainer/engine/replicas.h"
 #include "trainer/engine/reporter.h"
+#include "trainer/engine/interrupt.h"
 #include "trainer/engine/spike_guard.h"
 #include "trainer/engine/step.h"
 #include "trainer/models/registry.h"
@@ -44,6 +47,8 @@ namespace {
 void append_jsonl(const std::string& path, const nlohmann::json& j) {
   std::ofstream out(path, std::ios::app);
   out << j.dump() << "\n";
+  out.flush();
+  if (!out) throw std::runtime_error(path + ": cannot write (" + std::strerror(errno) + ")");
 }
 
 // Independent augmentation per (seed, epoch, step): splitmix64's mix of a linear key. The key is
@@ -193,7 +198,7 @@ class TrainingRun {
   }
 
   void restore() {
-    load_checkpoint(last_path_, *ctx_.model, nullptr);
+    load_checkpoint(last_path_, *ctx_.model, nullptr, RngState::restore);
     const auto& s = state_;
     epoch_ = s.at("epoch");
     step_in_epoch_ = s.at("step_in_epoch");
@@ -228,7 +233,8 @@ class TrainingRun {
     base_lrs_.clear();
     for (const auto& g : groups)
       if (!g.params.empty()) base_lrs_.push_back(g.lr);
-    if (continuing && checkpoint_has_optimizer(last_path_)) load_checkpoint(last_path_, *ctx_.model, optimizer_.get());
+    if (continuing && checkpoint_has_optimizer(last_path_)) 
+      load_checkpoint(last_path_, *ctx_.model, optimizer_.get(), RngState::restore);
     ctx_.optimizer = optimizer_.get();
     current_phase_ = index;
     if (group_) {
@@ -268,6 +274,23 @@ class TrainingRun {
   void save_last(const std::string& phase_name) {
     if (!primary_) return;
     save_checkpoint(last_path_, *ctx_.model, optimizer_.get(), {to_json(config_), make_state(phase_name)});
+  }
+
+  // SIGINT/SIGTERM in any process (all of them see it in the same step's statistics): last.pt
+  // after this step, then out with the signal's exit status.
+  [[noreturn]] void stop_on_signal(const Phase& phase) {
+    ++step_in_epoch_;
+    save_last(phase.name());
+    const int signal = interrupt::requested() != 0 ? interrupt::requested() : SIGTERM;
+    const std::string where = "epoch " + std::to_string(epoch_ + 1) + " step " + std::to_string(step_in_epoch_) +
+                              " of " + std::to_string(ctx_.steps_per_epoch);
+    const std::string message =
+        (interrupt::requested() != 0 ? std::string("stopped by ") + interrupt::name(signal)
+                                     : std::string("stopped because another process was signalled")) +
+        " after " + where + ": " + last_path_ + " written; continue with: autorep train --out " + options_.out_dir +
+        " --resume";
+    report_->line(message);
+    throw interrupt::Interrupted(signal, message);
   }
 
   // The steps of one epoch; false when the run stops early (stop_after_steps).
@@ -319,6 +342,7 @@ class TrainingRun {
                     loss_sum_ / std::max<int64_t>(1, seen_), done * batch_ / std::max(1e-9, secs), eta,
                     method_.progress(ctx_), config_.train.log_every);
 
+      if (s.stop_requested) stop_on_signal(phase);
       if (options_.stop_after_steps >= 0 && steps_this_process_ >= options_.stop_after_steps) {
         ++step_in_epoch_;
         save_last(phase.name());

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "layers/util/text.h"
+#include "trainer/engine/interrupt.h"
 
 namespace autorep::trainer::engine {
 
@@ -57,6 +58,10 @@ StepOutcome train_step(const StepEnv& env, const Phase& phase, const torch::Tens
                                       logits.detach().argmax(1).eq(y).sum().to(torch::kDouble)};
   for (const auto& part : lo.parts)
     stats.push_back(part.second.detach().to(ctx.device, torch::kDouble).reshape({}) * static_cast<double>(y.size(0)));
+  // Riding on the same all-reduce: whether any process was asked to stop (SIGINT/SIGTERM), so
+  // every process stops after the same step.
+  stats.push_back(torch::full({}, interrupt::requested() != 0 ? 1.0 : 0.0,
+                              torch::TensorOptions().dtype(torch::kDouble).device(ctx.device)));
   StepOutcome out;
   out.batch_stats = torch::stack(stats).cpu();
   for (const auto& part : lo.parts) out.part_names.push_back(part.first);
@@ -71,6 +76,7 @@ StepOutcome train_step(const StepEnv& env, const Phase& phase, const torch::Tens
     stats_work->wait();
   }
   out.loss = out.batch_stats[0].item<double>() / static_cast<double>(env.global_batch);
+  out.stop_requested = out.batch_stats[-1].item<double>() > 0.0;
   out.skipped = guard.skip(out.loss);
   if (guard.diverged() || (!guard.enabled() && !std::isfinite(out.loss)))
     throw std::runtime_error("training diverged: loss is " + util::short_number(out.loss) + " at epoch " +

@@ -30,7 +30,9 @@ struct StepEnv {
 struct StepOutcome {
   double loss = 0.0;      ///< mean loss of the global batch
   bool skipped = false;   ///< skipped by the spike guard: no update, running statistics restored
-  /// CPU float64, summed over the processes: [loss * B, correct predictions, part_1 * B, ...].
+  bool stop_requested = false;  ///< some process got SIGINT/SIGTERM before this step: stop after it
+  /// CPU float64, summed over the processes: [loss * B, correct predictions, part_1 * B, ...,
+  /// processes asked to stop].
   torch::Tensor batch_stats;
   std::vector<std::string> part_names;  ///< of the loss parts, in batch_stats order from index 2
 };

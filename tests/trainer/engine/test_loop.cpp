@@ -13,7 +13,12 @@
 #include "trainer/engine/run_result.h"
 #include "trainer/models/registry.h"
 #include "trainer/engine/spike_guard.h"
+#include "trainer/engine/interrupt.h"
 #include "trainer/engine/loop.h"
+
+#include <sys/resource.h>
+
+#include <csignal>
 
 using namespace autorep::trainer;
 using namespace autorep::trainer::engine;
@@ -92,6 +97,104 @@ TEST_CASE("a run stopped mid-epoch and resumed reproduces the uninterrupted run"
   fs::remove_all(b);
 }
 
+namespace {
+
+// The plain method, signalling its own process after a chosen step (as `kill -TERM` would).
+class SignalAfterStep : public autorep::test::PlainMethod {
+ public:
+  SignalAfterStep(const Config& config, int64_t step) : PlainMethod(config), step_(step) {}
+  void after_step(TrainContext& ctx) override {
+    if (ctx.global_step == step_) std::raise(SIGTERM);
+  }
+
+ private:
+  int64_t step_;
+};
+
+}  // namespace
+
+TEST_CASE("SIGTERM mid-epoch writes last.pt, stops with the signal, and the resume reproduces the run",
+          "[train][resume][signal]") {
+  if (!have_fashion_mnist()) {
+    WARN("Fashion-MNIST not installed; skipped");
+    return;
+  }
+  interrupt::install();
+  const Config c = tiny_config();
+  const auto a = fresh_dir("sig-full"), b = fresh_dir("sig-stopped");
+  RunOptions oa;
+  oa.out_dir = a.string();
+  oa.quiet = true;
+  const RunResult ra = run_training(c, oa);
+  REQUIRE(ra.completed);
+
+  RunOptions ob = oa;
+  ob.out_dir = b.string();
+  SignalAfterStep signalling(c, 5);  // raised in step 5; the run stops after step 6 (of 7)
+  try {
+    autorep::trainer::engine::run_training(c, signalling, ob);
+    FAIL("the run did not stop on SIGTERM");
+  } catch (const interrupt::Interrupted& e) {
+    CHECK(e.signal == SIGTERM);
+    CHECK(interrupt::exit_code(e.signal) == 143);
+    CHECK_THAT(e.what(), Catch::Contains("SIGTERM") && Catch::Contains("epoch 1 step 6 of ") &&
+                             Catch::Contains("last.pt") && Catch::Contains("--resume"));
+  }
+  interrupt::clear();
+  REQUIRE(fs::exists(b / "checkpoints" / "last.pt"));
+  CHECK(read_checkpoint_meta((b / "checkpoints" / "last.pt").string()).state["step_in_epoch"] == 6);
+  CHECK(autorep::test::read_metrics(b, "epoch").empty());  // stopped inside the first epoch
+
+  ob.resume = true;
+  const RunResult rb = run_training(c, ob);
+  REQUIRE(rb.completed);
+  const auto la = train_losses(a), lb = train_losses(b);
+  REQUIRE(lb.size() == la.size());
+  for (size_t i = 0; i < la.size(); ++i) CHECK(lb[i] == Approx(la[i]).epsilon(1e-9));
+  CHECK(rb.final_accuracy == Approx(ra.final_accuracy).epsilon(1e-12));
+  fs::remove_all(a);
+  fs::remove_all(b);
+}
+
+TEST_CASE("a checkpoint write that fails (file-size limit) is one error naming the file and keeps the old one",
+          "[train][checkpoint]") {
+  ModelSpec spec{"cnn-small", {1, 28, 28}, 10, true};
+  Net net = build_model(spec, autorep::layers::relu_factory());
+  const auto dir = fresh_dir("ckpt-full");
+  const std::string path = (dir / "last.pt").string();
+  const CheckpointMeta meta{nlohmann::json{{"method", "baseline"}}, nlohmann::json{{"epoch", 1}}};
+  save_checkpoint(path, *net, nullptr, meta);
+  const auto old_size = fs::file_size(path);
+  REQUIRE(old_size > 64 * 1024);
+
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& p : net->parameters()) p.add_(1.0);
+  }
+  auto* old_handler = std::signal(SIGXFSZ, SIG_IGN);  // as autorep does: EFBIG instead of a kill
+  rlimit saved{};
+  REQUIRE(getrlimit(RLIMIT_FSIZE, &saved) == 0);
+  rlimit small = saved;
+  small.rlim_cur = 64 * 1024;
+  REQUIRE(setrlimit(RLIMIT_FSIZE, &small) == 0);
+  std::string error;
+  try {
+    save_checkpoint(path, *net, nullptr, meta);
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  setrlimit(RLIMIT_FSIZE, &saved);
+  std::signal(SIGXFSZ, old_handler);
+  CHECK_THAT(error, Catch::Contains(path) && Catch::Contains("cannot write") && Catch::Contains("too large"));
+  CHECK(fs::file_size(path) == old_size);
+  for (const auto& e : fs::directory_iterator(dir)) CHECK(e.path().filename() == "last.pt");  // no temp file
+  Net back = build_model(spec, autorep::layers::relu_factory());
+  load_checkpoint(path, *back, nullptr);  // the old checkpoint is whole
+  for (const auto& kv : back->named_parameters())
+    CHECK_FALSE(torch::equal(kv.value(), net->named_parameters()[kv.key()]));
+  fs::remove_all(dir);
+}
+
 TEST_CASE("checkpoints round-trip parameters, buffers and optimiser state", "[train][checkpoint]") {
   ModelSpec spec{"cnn-small", {1, 28, 28}, 10, true};
   Net net = build_model(spec, autorep::layers::relu_factory());
@@ -125,6 +228,25 @@ TEST_CASE("checkpoints round-trip parameters, buffers and optimiser state", "[tr
   CHECK(back.state["epoch"] == 3);
   CHECK(back.config["method"] == "baseline");
   CHECK_THROWS_WITH(read_checkpoint_meta((dir / "missing.pt").string()), Catch::Contains("missing.pt"));
+  fs::remove_all(dir);
+}
+
+TEST_CASE("loading a checkpoint leaves the global RNG alone unless it resumes", "[train][checkpoint]") {
+  ModelSpec spec{"mlp", {1, 4, 4}, 3, true};
+  Net net = build_model(spec, autorep::layers::relu_factory());
+  const auto dir = fresh_dir("ckpt-rng");
+  const std::string path = (dir / "c.pt").string();
+  torch::manual_seed(11);
+  save_checkpoint(path, *net, nullptr, CheckpointMeta{nlohmann::json::object(), nlohmann::json::object()});
+  const auto saved_draw = torch::rand({4});  // what the generator gives right after the save
+
+  torch::manual_seed(22);
+  const auto own_draw = torch::rand({4}).clone();
+  torch::manual_seed(22);
+  load_checkpoint(path, *net, nullptr);  // a teacher or an evaluated model: the run's stream goes on
+  CHECK(torch::equal(torch::rand({4}), own_draw));
+  load_checkpoint(path, *net, nullptr, RngState::restore);  // a resume: the saved stream goes on
+  CHECK(torch::equal(torch::rand({4}), saved_draw));
   fs::remove_all(dir);
 }
 
