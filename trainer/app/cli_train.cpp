@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "layers/site.h"
+#include "trainer/engine/checkpoint.h"
 #include "trainer/engine/config.h"
 #include "trainer/engine/distributed.h"
 #include "trainer/models/net.h"
@@ -17,6 +18,7 @@
 #include "trainer/engine/evaluate.h"
 #include "trainer/engine/interrupt.h"
 #include "trainer/engine/loop.h"
+#include "trainer/methods/deepreduce.h"
 
 #include "layers/util/json_check.h"
 #include "trainer/app/common.h"
@@ -67,9 +69,8 @@ int cmd_eval(const std::string& checkpoint, const std::string& data_path, const 
              int64_t threads) {
   configure_threads(threads < 0 ? 0 : threads);
   LoadedModel lm = load_model(checkpoint);
-  DataOptions d = lm.config.data;
+  DataOptions d = data::test_split_options(lm.config.data);
   if (!data_path.empty()) d.path = data_path;
-  d.limit_train = 1;  // only the test split is evaluated
   const DataSplits data = load_dataset(d);
   const torch::Device dev = resolve_device(device);
   lm.model->to(dev);
@@ -83,25 +84,85 @@ int cmd_eval(const std::string& checkpoint, const std::string& data_path, const 
   return 0;
 }
 
-int cmd_count(const std::string& model, const std::string& input, int64_t classes, bool no_stem_relu) {
-  ModelSpec spec;
-  spec.name = model;
-  spec.input_shape = parse_shape(input);
-  spec.classes = classes;
-  spec.stem_relu = !no_stem_relu;
+int cmd_count(const ModelSpec& spec) {
   const Net net = build_model(spec, layers::relu_factory());
-  size_t width = 4;
+  std::vector<std::string> stage_of(net->sites().size());
+  for (const auto& st : net->stages())
+    for (size_t i : st.sites) stage_of[i] = st.name;
+  size_t width = 4, stage_width = 5;
   for (const auto& s : net->sites()) width = std::max(width, s.name.size());
-  std::cout << std::left << std::setw(static_cast<int>(width)) << "site" << "  " << std::setw(14) << "shape"
-            << std::right << std::setw(12) << "ReLUs" << "\n";
-  for (const auto& s : net->sites())
-    std::cout << std::left << std::setw(static_cast<int>(width)) << s.name << "  " << std::setw(14)
-              << shape_text(s.shape) << std::right << std::setw(12) << with_commas(s.activation().total_relus())
-              << "\n";
+  for (const auto& st : net->stages()) stage_width = std::max(stage_width, st.name.size());
+  std::cout << std::left << std::setw(static_cast<int>(width)) << "site" << "  " << std::setw(static_cast<int>(stage_width))
+            << "stage" << "  " << std::setw(14) << "shape" << std::right << std::setw(12) << "ReLUs" << "\n";
+  for (size_t i = 0; i < net->sites().size(); ++i) {
+    const auto& s = net->sites()[i];
+    std::cout << std::left << std::setw(static_cast<int>(width)) << s.name << "  "
+              << std::setw(static_cast<int>(stage_width)) << stage_of[i] << "  " << std::setw(14) << shape_text(s.shape)
+              << std::right << std::setw(12) << with_commas(s.activation().total_relus()) << "\n";
+  }
   const int64_t total = layers::total_relus(net->sites());
-  std::cout << net->sites().size() << " sites, total " << with_commas(total) << " ReLUs per sample (" << model
-            << " at " << input << ")\n";
+  std::cout << net->sites().size() << " sites, total " << with_commas(total) << " ReLUs per sample (" << spec.name
+            << " at " << shape_text(spec.input_shape);
+  if (spec.width != 1.0) std::cout << ", width " << util::short_number(spec.width);
+  if (spec.stem_stride != 1) std::cout << ", stem stride " << spec.stem_stride;
+  std::cout << ")\n";
+  // DeepReDuce's view: what culling a stage removes and what thinning it keeps.
+  std::cout << net->stages().size() << " stages (DeepReDuce culls or thins a whole stage):\n";
+  for (const auto& st : net->stages()) {
+    int64_t all = 0, thinned = 0;
+    for (size_t k = 0; k < st.sites.size(); ++k) {
+      const int64_t n = net->sites()[st.sites[k]].activation().total_relus();
+      all += n;
+      if (!st.thinned[k]) thinned += n;
+    }
+    std::cout << "  stage " << std::left << std::setw(static_cast<int>(stage_width)) << st.name << std::right
+              << std::setw(3) << st.sites.size() << " sites " << std::setw(12) << with_commas(all) << " ReLUs, thinned "
+              << std::setw(12) << with_commas(thinned) << "\n";
+  }
   std::cout << "total=" << total << "\n";
+  return 0;
+}
+
+// DeepReDuce's candidate networks for a config's teacher, before anything trains: ordered by
+// the teacher's criticality profile when it exists, else by the model's stage order.
+int cmd_deepreduce_frontier(const std::string& config_path, const std::vector<std::string>& sets) {
+  const Config config = load_config(config_path, sets);
+  if (config.search.teacher.empty()) throw std::runtime_error("deepreduce-frontier: the config names no search.teacher");
+  const auto meta = read_checkpoint_meta(config.search.teacher);
+  const ModelSpec spec = spec_from_json(meta.state.at("model_spec"));
+  const auto stages = methods::deepreduce::stage_counts(spec);
+  methods::deepreduce::Profile profile;
+  std::vector<size_t> order(stages.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  const bool profiled = methods::deepreduce::read_profile(config, &profile);
+  if (profiled) {
+    order = profile.cull_order();
+    std::cout << "criticality profile " << methods::deepreduce::profile_dir(config) << " (linear network "
+              << fixed(100.0 * profile.linear_accuracy, 2) << "%):\n";
+    for (const auto& s : profile.stages)
+      std::cout << "  " << s.name << ": " << fixed(100.0 * s.accuracy, 2) << "% with its " << with_commas(s.relus)
+                << " ReLUs, criticality " << util::short_number(s.criticality) << "\n";
+  } else {
+    std::cout << "no criticality profile yet in " << methods::deepreduce::profile_dir(config)
+              << ": culling order below is the model's stage order (a deepreduce run profiles the teacher first)\n";
+  }
+  int64_t total = 0;
+  for (const auto& s : stages) total += s.relus;
+  const auto list = methods::deepreduce::candidates(spec, order, methods::deepreduce::options_of(config));
+  const int64_t budget = config.search.budget.resolve(total);
+  const auto chosen = methods::deepreduce::choose(list, budget);
+  std::cout << std::right << std::setw(4) << "#" << std::setw(12) << "ReLUs" << std::setw(9) << "share"
+            << "  network\n";
+  for (size_t i = 0; i < list.size(); ++i) {
+    const auto& p = list[i];
+    const bool is_chosen = p.relus == chosen.relus && p.kept == chosen.kept && p.thinned == chosen.thinned &&
+                           p.width == chosen.width && p.stem_stride == chosen.stem_stride;
+    std::cout << std::setw(4) << i + 1 << std::setw(12) << with_commas(p.relus) << std::setw(8)
+              << fixed(100.0 * static_cast<double>(p.relus) / static_cast<double>(total), 2) << "%  "
+              << p.describe(stages) << (is_chosen ? "   <- search.budget " + with_commas(budget) : std::string()) << "\n";
+  }
+  std::cout << list.size() << " candidates of " << spec.name << " (" << with_commas(total) << " ReLUs)"
+            << (profiled ? "" : "; order not yet profiled") << "\n";
   return 0;
 }
 
@@ -139,14 +200,39 @@ void add_training_commands(CLI::App& app, Commands& out) {
     std::string model, input = "3x32x32";
     int64_t classes = 10;
     bool no_stem = false;
+    double width = 1.0;
+    int64_t stem_stride = 1;
   };
   auto ca = std::make_shared<CountArgs>();
-  auto* count = app.add_subcommand("count", "List a model's ReLU sites with their shapes and counts, and the total");
+  auto* count = app.add_subcommand("count", "List a model's ReLU sites with their shapes, counts and stages, and the total");
   count->add_option("--model", ca->model, util::join(model_names(), " | "))->required();
   count->add_option("--input", ca->input, "Input shape CxHxW (default 3x32x32)");
   count->add_option("--classes", ca->classes, "Number of classes (default 10)");
   count->add_flag("--no-stem-relu", ca->no_stem, "resnet18: no ReLU after the stem convolution");
-  out.push_back({count, [ca] { return cmd_count(ca->model, ca->input, ca->classes, ca->no_stem); }});
+  count->add_option("--width", ca->width, "resnet18/resnet20/wrn-22-8: channel multiplier (default 1)");
+  count->add_option("--stem-stride", ca->stem_stride, "resnet18/resnet20/wrn-22-8: stem stride (default 1)");
+  struct FrontierArgs {
+    std::string config;
+    std::vector<std::string> sets;
+  };
+  auto fa = std::make_shared<FrontierArgs>();
+  auto* frontier = app.add_subcommand(
+      "deepreduce-frontier", "List DeepReDuce's candidate networks (cull, thin, reshape) with their ReLU counts for a "
+                             "config's teacher, and the one its search.budget picks");
+  frontier->add_option("--config,-c", fa->config, "JSON run config naming search.teacher")->required();
+  frontier->add_option("--set", fa->sets, "Override a config key: a.b=value (repeatable)");
+  out.push_back({frontier, [fa] { return cmd_deepreduce_frontier(fa->config, fa->sets); }});
+
+  out.push_back({count, [ca] {
+                   ModelSpec spec;
+                   spec.name = ca->model;
+                   spec.input_shape = parse_shape(ca->input);
+                   spec.classes = ca->classes;
+                   spec.stem_relu = !ca->no_stem;
+                   spec.width = ca->width;
+                   spec.stem_stride = ca->stem_stride;
+                   return cmd_count(spec);
+                 }});
 }
 
 }  // namespace autorep::trainer::app

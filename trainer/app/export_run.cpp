@@ -71,8 +71,7 @@ exports::ExportInfo export_info(const LoadedModel& lm, const std::string& checkp
     info.accuracy_source = "metrics.jsonl, epoch " + std::to_string(lm.state.at("epoch").get<int64_t>());
   } else if (options.evaluate) {
     try {
-      DataOptions d = lm.config.data;
-      d.limit_train = 1;  // only the test split is evaluated
+      const DataOptions d = data::test_split_options(lm.config.data);
       const DataSplits data = load_dataset(d);
       const torch::Device dev = resolve_device(options.device);
       lm.model->to(dev);
@@ -212,9 +211,8 @@ VerifyResult verify_export(const std::string& export_path, const std::string& ch
                       hash.substr(0, 12) + "...)");
   if (!r.problems.empty()) return r;
 
-  DataOptions d = trained.config.data;
+  DataOptions d = data::test_split_options(trained.config.data);
   if (!options.data_path.empty()) d.path = options.data_path;
-  d.limit_train = 1;
   if (!options.eval) d.limit_test = options.batch;
   const DataSplits data = load_dataset(d);
   const int64_t n = std::min<int64_t>(options.batch, data.test.size());

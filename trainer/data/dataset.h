@@ -53,6 +53,10 @@ struct DataSplits {
   bool flip = false;
 };
 
+/// The options that load only what the test split needs (autorep eval, verify, an export's
+/// accuracy): one training image and no validation split, whatever the run held out.
+DataOptions test_split_options(DataOptions options);
+
 /// Default data folder for a data set name (e.g. /usr/share/datasets/fashion-mnist).
 std::string default_data_path(const std::string& name);
 /// The data set names `load_dataset` knows.

@@ -116,6 +116,12 @@ int64_t val_split_size(const DataOptions& options, int64_t train_images) {
   return preset > 0 ? std::min(preset, tenth) : tenth;
 }
 
+DataOptions test_split_options(DataOptions options) {
+  options.limit_train = 1;
+  options.val_split = 0;
+  return options;
+}
+
 std::string default_data_path(const std::string& name) { return find_spec(name).default_path; }
 
 std::vector<std::string> dataset_names() {

@@ -19,7 +19,7 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(DataOptions, name, path, batch_s
 
 namespace autorep::trainer::engine {
 
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(ModelOptions, name, stem_relu)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(ModelOptions, name, stem_relu, width, stem_stride)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(OptimOptions, name, lr, momentum, nesterov, weight_decay,
                                                 beta1, beta2, schedule, warmup_epochs, min_lr,
                                                 grad_clip)
@@ -119,12 +119,25 @@ void merge_checked(nlohmann::json& base, const nlohmann::json& user, const std::
       merge_checked(b, v, p, source);
       continue;
     }
-    bool ok = false;
-    if (b.is_boolean()) ok = v.is_boolean();
-    else if (b.is_number_integer() || b.is_number_unsigned()) ok = v.is_number_integer() || v.is_number_unsigned();
-    else if (b.is_number()) ok = v.is_number();
-    else if (b.is_string()) ok = v.is_string();
-    if (!ok) json_fail(source, p, "expected " + util::json_type_name(b) + ", got " + v.dump());
+    // A value of the default's type; a list's entries of the type of the default list's entries.
+    auto same_type = [](const nlohmann::json& d, const nlohmann::json& x) {
+      if (d.is_boolean()) return x.is_boolean();
+      if (d.is_number_integer() || d.is_number_unsigned()) return x.is_number_integer() || x.is_number_unsigned();
+      if (d.is_number()) return x.is_number();
+      if (d.is_string()) return x.is_string();
+      return false;
+    };
+    if (b.is_array()) {
+      if (!v.is_array()) json_fail(source, p, "expected a list, got " + v.dump());
+      for (size_t i = 0; i < v.size(); ++i)
+        if (b.empty() ? !(v[i].is_string() || v[i].is_number() || v[i].is_boolean()) : !same_type(b[0], v[i]))
+          json_fail(source, p + "[" + std::to_string(i) + "]",
+                    "expected " + (b.empty() ? std::string("a number or string") : util::json_type_name(b[0])) +
+                        ", got " + v[i].dump());
+      b = v;
+      continue;
+    }
+    if (!same_type(b, v)) json_fail(source, p, "expected " + util::json_type_name(b) + ", got " + v.dump());
     if ((b.is_number_unsigned()) && v.is_number_integer() && v.get<int64_t>() < 0)
       json_fail(source, p, "expected a non-negative integer, got " + v.dump());
     b = v;
@@ -179,6 +192,11 @@ void validate_json(const nlohmann::json& merged, const std::string& source) {
 void validate(const Config& c, const ConfigSchema& schema, const std::string& source) {
   util::check_one_of(source, "method", c.method, schema.method_names());
   util::check_one_of(source, "model.name", c.model.name, models::model_names());
+  if (!(c.model.width > 0 && c.model.width <= 16)) json_fail(source, "model.width", "must be in (0, 16]");
+  if (c.model.stem_stride < 1 || c.model.stem_stride > 8) json_fail(source, "model.stem_stride", "must be 1 to 8");
+  if ((c.model.width != 1 || c.model.stem_stride != 1) && !models::model_reshapes(c.model.name))
+    json_fail(source, c.model.width != 1 ? "model.width" : "model.stem_stride",
+              "applies to resnet18, resnet20 and wrn-22-8 only (model.name is " + c.model.name + ")");
   util::check_one_of(source, "data.name", c.data.name, data::dataset_names());
   if (c.data.batch_size <= 0) json_fail(source, "data.batch_size", "must be positive");
   if (c.data.eval_batch_size <= 0) json_fail(source, "data.eval_batch_size", "must be positive");

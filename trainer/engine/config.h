@@ -24,6 +24,8 @@ namespace autorep::trainer::engine {
 struct ModelOptions {
   std::string name = "cnn-small";  ///< a name of models::model_names()
   bool stem_relu = true;           ///< resnet18: ReLU after the stem convolution
+  double width = 1.0;              ///< resnet18/resnet20/wrn-22-8: channel multiplier
+  int64_t stem_stride = 1;         ///< resnet18/resnet20/wrn-22-8: stride of the stem convolution
 };
 
 /// `optim` section: the optimiser and learning-rate schedule of a training phase.

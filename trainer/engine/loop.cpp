@@ -39,6 +39,8 @@ models::ModelSpec model_spec(const Config& config, const std::vector<int64_t>& i
   spec.input_shape = input_shape;
   spec.classes = classes;
   spec.stem_relu = config.model.stem_relu;
+  spec.width = config.model.width;
+  spec.stem_stride = config.model.stem_stride;
   return spec;
 }
 
@@ -161,7 +163,7 @@ class TrainingRun {
     if (data_.val.size() == 0)
       report_->line("note: no validation split (data.val_split 0): best.pt is selected on test accuracy");
 
-    spec_ = model_spec(config_, data_.input_shape, data_.classes);
+    spec_ = method_.model_spec(model_spec(config_, data_.input_shape, data_.classes));
     ctx_.config = &config_;
     ctx_.model = models::build_model(spec_, method_.factory());
     ctx_.model->to(device_);

@@ -79,6 +79,9 @@ class Method {
   virtual layers::ActivationFactory factory() const = 0;
   /// Phases of the run, covering epochs 0 .. train.epochs-1 in order.
   virtual std::vector<Phase> phases() const = 0;
+  /// The model the run trains, given the one its config describes (DeepReDuce's reshaping
+  /// narrows it or lowers its resolution). Called once, before the model is built.
+  virtual models::ModelSpec model_spec(models::ModelSpec from_config) { return from_config; }
   /// Called once after the model is built (fresh or resumed), before any state is loaded.
   virtual void prepare(TrainContext& ctx, bool resuming) {}
   /// Called whenever the loop enters a phase, before its optimiser is built: afresh

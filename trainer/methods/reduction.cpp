@@ -50,11 +50,11 @@ models::Net load_teacher(const engine::Config& config, const models::ModelSpec& 
     throw std::runtime_error("search.teacher: " + std::string(e.what()));
   }
   if (ts.name != student.name || ts.input_shape != student.input_shape || ts.classes != student.classes ||
-      ts.stem_relu != student.stem_relu)
+      ts.stem_relu != student.stem_relu || ts.width != student.width || ts.stem_stride != student.stem_stride)
     throw std::runtime_error("search.teacher: " + path + " is a " + ts.name + " for input " +
                              util::shape_text(ts.input_shape) + " with " + std::to_string(ts.classes) +
                              " classes; this run trains a " + student.name +
-                             " on its data (model.name and data must match the teacher)");
+                             " on its data (model.name, model.width, model.stem_stride and data must match the teacher)");
   const std::string method = meta.config.value("method", std::string("baseline"));
   if (method != "baseline")
     throw std::runtime_error("search.teacher: " + path + " is a " + method +

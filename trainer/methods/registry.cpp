@@ -9,8 +9,12 @@ namespace autorep::trainer::methods {
 const std::vector<MethodEntry>& registry() {
   static const std::vector<MethodEntry> entries = [] {
     std::vector<MethodEntry> e = {baseline_method(), autorep_method(), snl_method(), uniform_method(),
-                                  random_method()};
-    for (auto& m : e) m.schema.name = m.name;
+                                  random_method(), deepreduce_method()};
+    for (auto& m : e) {
+      m.schema.name = m.name;
+      // search.deepreduce is deepreduce's alone: a change there never makes another run differ.
+      if (m.name != "deepreduce") m.schema.unused_keys.push_back("search.deepreduce");
+    }
     return e;
   }();
   return entries;

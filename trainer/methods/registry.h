@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "trainer/engine/config.h"
+#include "trainer/engine/loop.h"
 #include "trainer/engine/method.h"
 
 namespace autorep::trainer::methods {
@@ -20,6 +21,9 @@ struct MethodEntry {
   /// Its own `search` keys, the keys it never reads, its checks (schema.name == name).
   engine::MethodSchema schema;
   std::function<std::unique_ptr<engine::Method>(const engine::Config&)> make;
+  /// Work before the run's own training, in every process (DeepReDuce: the stage-criticality
+  /// profile of the teacher, trained once and reused); empty for most methods.
+  std::function<void(const engine::Config&, const engine::RunOptions&)> before_training;
 };
 
 /// Every registered method, in the order the CLI help and sweeps list them.
@@ -40,5 +44,6 @@ MethodEntry autorep_method();
 MethodEntry snl_method();
 MethodEntry uniform_method();
 MethodEntry random_method();
+MethodEntry deepreduce_method();
 
 }  // namespace autorep::trainer::methods

@@ -28,6 +28,8 @@ engine::RunResult train(const engine::Config& config, const engine::RunOptions& 
                                diff.at(0).value("path", std::string("?")) + ")");
     }
   }
+  const MethodEntry& entry = find_method(config.method);
+  if (entry.before_training) entry.before_training(config, options);
   return engine::run_training(config, *method, options);
 }
 

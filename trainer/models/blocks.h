@@ -3,6 +3,8 @@
 
 #include <torch/nn/modules/conv.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -22,6 +24,10 @@ inline nn::Conv2d conv1x1(int64_t in, int64_t out, int64_t stride = 1) {
   return nn::Conv2d(nn::Conv2dOptions(in, out, 1).stride(stride).bias(false));
 }
 inline int64_t strided(int64_t size, int64_t stride) { return (size - 1) / stride + 1; }
+/// A channel count times the model's width multiplier (at least 1).
+inline int64_t scaled_width(int64_t channels, double width) {
+  return std::max<int64_t>(1, static_cast<int64_t>(std::llround(static_cast<double>(channels) * width)));
+}
 inline std::string join(const std::string& a, const std::string& b) { return a.empty() ? b : a + "." + b; }
 
 // One builder per family file; the registry (registry.cpp) lists them by name.

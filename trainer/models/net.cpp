@@ -9,15 +9,30 @@ namespace autorep::trainer::models {
 
 torch::nn::AnyModule NetImpl::add_site(torch::nn::Module& parent, const std::string& local_name,
                                        const std::string& path, const std::vector<int64_t>& shape,
-                                       const layers::ActivationFactory& factory) {
+                                       const layers::ActivationFactory& factory, Thinning thinning) {
   torch::nn::AnyModule act = factory(path, shape);
   parent.register_module(local_name, act.ptr());
   sites_.push_back(layers::Site{path, shape, act.ptr()});
+  if (!explicit_stages_) stages_.push_back(Stage{path, {}, {}});
+  TORCH_CHECK(!stages_.empty(), "model ", spec_.name, ": site ", path, " added before the first begin_stage");
+  Stage& stage = stages_.back();
+  const bool dropped = thinning == Thinning::alternate ? stage.sites.size() % 2 == 1 : thinning == Thinning::drop;
+  stage.sites.push_back(sites_.size() - 1);
+  stage.thinned.push_back(dropped);
   return act;
 }
 
+void NetImpl::begin_stage(const std::string& name) {
+  stages_.push_back(Stage{name, {}, {}});
+  explicit_stages_ = true;
+}
+
 nlohmann::json spec_to_json(const ModelSpec& spec) {
-  return {{"arch", spec.name}, {"input_shape", spec.input_shape}, {"classes", spec.classes}, {"stem_relu", spec.stem_relu}};
+  nlohmann::json j = {
+      {"arch", spec.name}, {"input_shape", spec.input_shape}, {"classes", spec.classes}, {"stem_relu", spec.stem_relu}};
+  if (spec.width != 1.0) j["width"] = spec.width;
+  if (spec.stem_stride != 1) j["stem_stride"] = spec.stem_stride;
+  return j;
 }
 
 ModelSpec spec_from_json(const nlohmann::json& j) {
@@ -26,6 +41,8 @@ ModelSpec spec_from_json(const nlohmann::json& j) {
   spec.input_shape = j.at("input_shape").get<std::vector<int64_t>>();
   spec.classes = j.at("classes").get<int64_t>();
   spec.stem_relu = j.value("stem_relu", true);
+  spec.width = j.value("width", 1.0);
+  spec.stem_stride = j.value("stem_stride", int64_t{1});
   return spec;
 }
 

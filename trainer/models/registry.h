@@ -13,4 +13,6 @@ namespace autorep::trainer::models {
 Net build_model(const ModelSpec& spec, const layers::ActivationFactory& factory);
 /// The model names build_model knows.
 std::vector<std::string> model_names();
+/// Whether the model takes ModelSpec::width and stem_stride (resnet18, resnet20, wrn-22-8).
+bool model_reshapes(const std::string& name);
 }  // namespace autorep::trainer::models

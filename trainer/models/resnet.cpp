@@ -16,13 +16,13 @@ class BasicBlockImpl : public nn::Module {
     const int64_t oh = strided(h, stride), ow = strided(w, stride);
     conv1_ = register_module("conv1", conv3x3(in, out, stride));
     bn1_ = register_module("bn1", nn::BatchNorm2d(out));
-    act1_ = net.add_site(*this, "act1", join(path, "act1"), {out, oh, ow}, f);
+    act1_ = net.add_site(*this, "act1", join(path, "act1"), {out, oh, ow}, f, Thinning::keep);
     conv2_ = register_module("conv2", conv3x3(out, out));
     bn2_ = register_module("bn2", nn::BatchNorm2d(out));
     if (stride != 1 || in != out) {
       shortcut_ = register_module("shortcut", nn::Sequential(conv1x1(in, out, stride), nn::BatchNorm2d(out)));
     }
-    act2_ = net.add_site(*this, "act2", join(path, "act2"), {out, oh, ow}, f);
+    act2_ = net.add_site(*this, "act2", join(path, "act2"), {out, oh, ow}, f, Thinning::drop);
   }
   torch::Tensor forward(const torch::Tensor& x) {
     auto y = act1_.forward(bn1_(conv1_(x)));
@@ -39,26 +39,31 @@ class BasicBlockImpl : public nn::Module {
 };
 TORCH_MODULE(BasicBlock);
 
-// ---- CIFAR ResNets: a 3x3 stem, stages of basic blocks, global average pool, linear.
+// ---- CIFAR ResNets: a 3x3 stem, stages of basic blocks, global average pool, linear. Channel
+// counts scale with spec.width; spec.stem_stride lowers the resolution from the stem on.
 class ResNetImpl : public NetImpl {
  public:
-  ResNetImpl(const ModelSpec& spec, const ActivationFactory& f, int64_t stem, const std::vector<int64_t>& widths,
+  ResNetImpl(const ModelSpec& spec, const ActivationFactory& f, int64_t stem_channels, const std::vector<int64_t>& widths,
              const std::vector<int64_t>& blocks, bool stem_relu)
       : NetImpl(spec) {
-    int64_t h = spec.input_shape[1], w = spec.input_shape[2];
-    conv1_ = register_module("conv1", conv3x3(spec.input_shape[0], stem));
+    const int64_t stem = scaled_width(stem_channels, spec.width);
+    conv1_ = register_module("conv1", conv3x3(spec.input_shape[0], stem, spec.stem_stride));
     bn1_ = register_module("bn1", nn::BatchNorm2d(stem));
-    if (stem_relu) act1_ = add_site(*this, "act1", "act1", {stem, h, w}, f);
+    int64_t h = strided(spec.input_shape[1], spec.stem_stride), w = strided(spec.input_shape[2], spec.stem_stride);
+    begin_stage(stem_relu ? "stem+layer1" : "layer1");
+    if (stem_relu) act1_ = add_site(*this, "act1", "act1", {stem, h, w}, f, Thinning::keep);
     int64_t in = stem;
     for (size_t s = 0; s < widths.size(); ++s) {
       const std::string name = "layer" + std::to_string(s + 1);
+      if (s > 0) begin_stage(name);
+      const int64_t width = scaled_width(widths[s], spec.width);
       auto stage = nn::Sequential();
       for (int64_t b = 0; b < blocks[s]; ++b) {
         const int64_t stride = (b == 0 && s > 0) ? 2 : 1;
-        stage->push_back(BasicBlock(*this, name + "." + std::to_string(b), in, widths[s], stride, h, w, f));
+        stage->push_back(BasicBlock(*this, name + "." + std::to_string(b), in, width, stride, h, w, f));
         h = strided(h, stride);
         w = strided(w, stride);
-        in = widths[s];
+        in = width;
       }
       stages_.push_back(register_module(name, stage));
     }

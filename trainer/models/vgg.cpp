@@ -14,8 +14,12 @@ class Vgg16Impl : public NetImpl {
   Vgg16Impl(const ModelSpec& spec, const ActivationFactory& f) : NetImpl(spec) {
     const std::vector<int64_t> cfg{64, 64, 0, 128, 128, 0, 256, 256, 256, 0, 512, 512, 512, 0, 512, 512, 512, 0};
     int64_t in = spec.input_shape[0], h = spec.input_shape[1], w = spec.input_shape[2];
-    for (int64_t v : cfg) {
+    int64_t block = 1;
+    begin_stage("block1");
+    for (size_t i = 0; i < cfg.size(); ++i) {
+      const int64_t v = cfg[i];
       if (v == 0) {  // 'M': a 2x2 max pool after the previous convolution, while the map is large enough
+        if (i + 1 < cfg.size()) begin_stage("block" + std::to_string(++block));
         if (h >= 2 && w >= 2) {
           pool_after_.back() = true;
           h /= 2;
@@ -31,6 +35,7 @@ class Vgg16Impl : public NetImpl {
       in = v;
     }
     fc1_ = register_module("fc1", nn::Linear(in * h * w, 512));
+    begin_stage("classifier");
     fc_act_ = add_site(*this, "fc_act", "fc_act", {512}, f);
     fc2_ = register_module("fc2", nn::Linear(512, spec.classes));
   }

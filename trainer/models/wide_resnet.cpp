@@ -36,16 +36,20 @@ class WideBlockImpl : public nn::Module {
 TORCH_MODULE(WideBlock);
 
 // ---- WRN-22-8, pre-activation, no ReLU after the last block (as the ReLU-reduction papers count it).
+// Channel counts scale with spec.width; spec.stem_stride lowers the resolution from the stem on.
 class WideResNetImpl : public NetImpl {
  public:
   WideResNetImpl(const ModelSpec& spec, const ActivationFactory& f, int64_t depth, int64_t k) : NetImpl(spec) {
     const int64_t n = (depth - 4) / 6;
-    int64_t h = spec.input_shape[1], w = spec.input_shape[2];
-    conv1_ = register_module("conv1", conv3x3(spec.input_shape[0], 16));
-    int64_t in = 16;
-    const std::vector<int64_t> widths{16 * k, 32 * k, 64 * k};
+    const int64_t stem = scaled_width(16, spec.width);
+    conv1_ = register_module("conv1", conv3x3(spec.input_shape[0], stem, spec.stem_stride));
+    int64_t h = strided(spec.input_shape[1], spec.stem_stride), w = strided(spec.input_shape[2], spec.stem_stride);
+    int64_t in = stem;
+    const std::vector<int64_t> widths{scaled_width(16 * k, spec.width), scaled_width(32 * k, spec.width),
+                                      scaled_width(64 * k, spec.width)};
     for (size_t s = 0; s < widths.size(); ++s) {
       const std::string name = "layer" + std::to_string(s + 1);
+      begin_stage(name);
       auto stage = nn::Sequential();
       for (int64_t b = 0; b < n; ++b) {
         const int64_t stride = (b == 0 && s > 0) ? 2 : 1;

@@ -94,7 +94,7 @@ TEST_CASE("every method and granularity ends within the exact budget and exports
       REQUIRE(r.completed);
       const int64_t budget = 944;  // 5% of cnn-small's 18,880 ReLUs at 1x28x28
       CHECK(r.kept_relus <= budget);
-      if (g == "pixel") CHECK(r.kept_relus == budget);
+      if (g == "pixel" && method != "deepreduce") CHECK(r.kept_relus == budget);  // deepreduce keeps whole layers
       CHECK(fs::exists(out / "export" / "mask.json"));
       CHECK(fs::exists(out / "checkpoints" / "best.pt"));
       fs::remove_all(out);

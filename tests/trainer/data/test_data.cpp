@@ -633,6 +633,11 @@ TEST_CASE("the validation split is seeded, disjoint from the training images, an
   o.split_seed = 7;
   REQUIRE(a.val.size() == 100);
   REQUIRE(a.train.size() == 500);
+  // What eval, verify and an export load of a run with an explicit split: its test split only.
+  const DataSplits test_only = load_dataset(test_split_options(o));
+  CHECK(test_only.train.size() == 1);
+  CHECK(test_only.val.size() == 0);
+  CHECK(torch::equal(test_only.test.images, a.test.images));
   CHECK(torch::equal(a.val.images, again.val.images));
   CHECK(torch::equal(a.train.labels, again.train.labels));
   CHECK_FALSE(torch::equal(a.val.images, other.val.images));

@@ -34,6 +34,22 @@ TEST_CASE("unknown keys and wrong types name the key path", "[config]") {
   CHECK_THROWS_WITH(config_from_json(json{{"search", {{"kd", {{"teacher_dtype", "half"}}}}}}),
                     Catch::Contains("search.kd.teacher_dtype: expected one of"));
   CHECK_NOTHROW(config_from_json(json{{"search", {{"kd", {{"teacher_dtype", "bfloat16"}}}}}}));
+  // Lists: entries of the default list's type.
+  auto deepreduce = [](const json& keys) { return json{{"search", {{"deepreduce", keys}}}}; };
+  CHECK_THROWS_WITH(config_from_json(deepreduce({{"widths", {1, "half"}}})),
+                    Catch::Contains("search.deepreduce.widths[1]: expected number, got \"half\""));
+  CHECK_THROWS_WITH(config_from_json(deepreduce({{"stem_strides", 2}})),
+                    Catch::Contains("search.deepreduce.stem_strides: expected a list"));
+  CHECK_THROWS_WITH(config_from_json(deepreduce({{"stem_strides", {1, 1.5}}})),
+                    Catch::Contains("search.deepreduce.stem_strides[1]: expected integer"));
+  CHECK_THROWS_WITH(config_from_json(deepreduce({{"widths", {1, 2}}})),
+                    Catch::Contains("search.deepreduce.widths: each width must be in (0, 1]"));
+  CHECK_THROWS_WITH(config_from_json(deepreduce({{"replacement", "relu6"}})),
+                    Catch::Contains("search.deepreduce.replacement: expected one of"));
+  CHECK_THROWS_WITH(config_from_json(json{{"model", {{"name", "vgg16"}, {"width", 0.5}}}}),
+                    Catch::Contains("model.width: applies to resnet18, resnet20 and wrn-22-8 only"));
+  const Config c = config_from_json(deepreduce({{"keep_stages", {"layer3"}}, {"widths", {1, 0.5}}}));
+  CHECK(c.search.method_keys["deepreduce"]["keep_stages"] == json::array({"layer3"}));
 }
 
 TEST_CASE("numeric gate keys are range-checked and a search must leave finetune epochs", "[config]") {

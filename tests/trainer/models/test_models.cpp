@@ -42,8 +42,12 @@ TEST_CASE("every model gives logits of the right shape and names its sites uniqu
 }
 
 TEST_CASE("sites are listed in forward order with the shapes the activations receive", "[models]") {
-  for (const auto& name : {std::string("cnn-small"), std::string("resnet20"), std::string("vgg16")}) {
-    ModelSpec spec{name, {1, 28, 28}, 10, true};
+  ModelSpec reshaped{"resnet20", {1, 28, 28}, 10, true};
+  reshaped.width = 0.5;
+  reshaped.stem_stride = 2;
+  for (const ModelSpec& spec : {ModelSpec{"cnn-small", {1, 28, 28}, 10, true}, ModelSpec{"resnet20", {1, 28, 28}, 10, true},
+                                ModelSpec{"vgg16", {1, 28, 28}, 10, true}, reshaped}) {
+    const std::string& name = spec.name;
     std::vector<std::pair<std::string, std::vector<int64_t>>> seen;
     // A recording activation: checks each call's per-sample shape against the declared one.
     struct Recorder : torch::nn::Module, layers::ActivationSite {
@@ -80,4 +84,101 @@ TEST_CASE("bad model requests are clear errors", "[models]") {
   CHECK_THROWS_WITH(parse_shape("3x32"), Catch::Contains("3x32"));
   CHECK_THROWS_WITH(parse_shape("3xax32"), Catch::Contains("CxHxW"));
   CHECK((parse_shape("3x64x64") == std::vector<int64_t>{3, 64, 64}));
+}
+
+namespace {
+
+// Per stage: name, number of sites, ReLUs, and ReLUs left when the stage is thinned.
+struct StageCount {
+  std::string name;
+  size_t sites;
+  int64_t relus, thinned;
+};
+
+std::vector<StageCount> stage_counts(const ModelSpec& spec) {
+  const Net net = build_model(spec, layers::relu_factory());
+  std::vector<StageCount> out;
+  size_t covered = 0;
+  for (const auto& st : net->stages()) {
+    StageCount c{st.name, st.sites.size(), 0, 0};
+    for (size_t k = 0; k < st.sites.size(); ++k) {
+      CHECK(st.sites[k] == covered++);  // stages partition the sites in forward order
+      const int64_t n = net->sites()[st.sites[k]].elements();
+      c.relus += n;
+      if (!st.thinned[k]) c.thinned += n;
+    }
+    out.push_back(c);
+  }
+  CHECK(covered == net->sites().size());
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("every model declares its DeepReDuce stages and what thinning drops", "[models][stages]") {
+  SECTION("resnet20: the stem with the first stage, one per resolution; thinning keeps each block's first ReLU") {
+    const auto c = stage_counts({"resnet20", {1, 28, 28}, 10, true});
+    REQUIRE(c.size() == 3);
+    CHECK(c[0].name == "stem+layer1");
+    CHECK(c[0].sites == 7);
+    CHECK(c[0].relus == 7 * 16 * 28 * 28);
+    CHECK(c[0].thinned == 4 * 16 * 28 * 28);  // the stem's ReLU and each block's act1
+    CHECK(c[1].name == "layer2");
+    CHECK(c[1].relus == 6 * 32 * 14 * 14);
+    CHECK(c[1].thinned == 3 * 32 * 14 * 14);
+    CHECK(c[2].name == "layer3");
+    CHECK(c[2].relus == 6 * 64 * 7 * 7);
+    CHECK(c[2].thinned == 3 * 64 * 7 * 7);
+  }
+  SECTION("resnet18 without the stem ReLU: stage 1 culled, the rest thinned, at widths 1 and 0.5 (published counts)") {
+    ModelSpec spec{"resnet18", {3, 32, 32}, 10, false};
+    auto culled_thinned = [](const std::vector<StageCount>& c) {
+      int64_t sum = 0;
+      for (size_t s = 1; s < c.size(); ++s) sum += c[s].thinned;
+      return sum;
+    };
+    const auto full = stage_counts(spec);
+    REQUIRE(full.size() == 4);
+    CHECK(full[0].name == "layer1");
+    CHECK(full[0].relus == 262144);
+    CHECK(culled_thinned(full) == 114688);
+    spec.width = 0.5;
+    CHECK(culled_thinned(stage_counts(spec)) == 57344);
+  }
+  SECTION("wrn-22-8: one stage per group") {
+    const auto c = stage_counts({"wrn-22-8", {3, 32, 32}, 10, true});
+    REQUIRE(c.size() == 3);
+    for (const auto& s : c) CHECK(s.sites == 6);
+    CHECK(c[0].thinned * 2 == c[0].relus + 16 * 32 * 32 - 128 * 32 * 32);  // act1 of block 0 sees the 16-channel stem
+  }
+  SECTION("vgg16: one stage per block and the classifier") {
+    const auto c = stage_counts({"vgg16", {3, 32, 32}, 10, true});
+    REQUIRE(c.size() == 6);
+    const std::vector<size_t> sites{2, 2, 3, 3, 3, 1};
+    for (size_t s = 0; s < c.size(); ++s) CHECK(c[s].sites == sites[s]);
+    CHECK(c[0].thinned == 64 * 32 * 32);
+    CHECK(c[2].thinned == 2 * 256 * 8 * 8);  // every other ReLU layer: the 1st and 3rd
+    CHECK(c[5].name == "classifier");
+  }
+  SECTION("cnn-small and mlp: one stage per layer") {
+    CHECK(stage_counts({"cnn-small", {1, 28, 28}, 10, true}).size() == 3);
+    CHECK(stage_counts({"mlp", {1, 28, 28}, 10, true}).size() == 2);
+  }
+}
+
+TEST_CASE("width and stem stride reshape ResNets and WRNs and are refused elsewhere", "[models][stages]") {
+  ModelSpec spec{"resnet20", {1, 28, 28}, 10, true};
+  spec.width = 0.5;
+  CHECK(layers::total_relus(build_model(spec, layers::relu_factory())->sites()) == 144256 / 2);
+  spec.width = 1.0;
+  spec.stem_stride = 2;  // 14x14, 7x7, 4x4 feature maps
+  CHECK(layers::total_relus(build_model(spec, layers::relu_factory())->sites()) ==
+        7 * 16 * 14 * 14 + 6 * 32 * 7 * 7 + 6 * 64 * 4 * 4);
+  CHECK(spec_from_json(spec_to_json(spec)).stem_stride == 2);
+  CHECK_FALSE(spec_to_json(ModelSpec{}).contains("width"));  // checkpoints of full-size models stay as they were
+  ModelSpec small{"cnn-small", {1, 28, 28}, 10, true};
+  small.width = 0.5;
+  CHECK_THROWS_WITH(build_model(small, layers::relu_factory()), Catch::Contains("resnet18, resnet20 and wrn-22-8 only"));
+  spec.width = 0;
+  CHECK_THROWS_WITH(build_model(spec, layers::relu_factory()), Catch::Contains("width must be in (0, 16]"));
 }
