@@ -150,5 +150,18 @@ TEST_CASE("a deepreduce run profiles its teacher once, meets the budget with lay
   ro.out_dir = (dir / "run5").string();
   REQUIRE(app::train_run(c, ro).completed);
   CHECK(fs::last_write_time(profile) == written);
+
+  // A fixed network with trained polynomials in place of the culled ReLUs (beyond the paper).
+  c.search.method_keys["deepreduce"]["fixed"] = true;
+  c.search.method_keys["deepreduce"]["keep_stages"] = {"act2"};
+  c.search.method_keys["deepreduce"]["replacement"] = "polynomial";
+  ro.out_dir = (dir / "poly").string();
+  REQUIRE(app::train_run(c, ro).completed);
+  const auto poly = exports::read_export((dir / "poly" / "export" / "mask.json").string());
+  CHECK(poly.doc["budget"]["kept"] == 32 * 14 * 14);
+  const auto& act1 = poly.doc["sites"][0];
+  CHECK(act1["kept"] == 0);
+  CHECK(act1["coefficients"]["c2"][0].get<double>() != Approx(0.0));  // a fitted quadratic, not the identity
+  CHECK(poly.doc["sites"][1]["kept"] == 32 * 14 * 14);
   fs::remove_all(dir);
 }
