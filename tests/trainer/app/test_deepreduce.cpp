@@ -144,6 +144,12 @@ TEST_CASE("a deepreduce run profiles its teacher once, meets the budget with lay
   INFO((v.problems.empty() ? std::string() : v.problems[0]));
   CHECK(v.ok);
 
+  // The profile is deterministic: made again from scratch, the same accuracies and order.
+  const nlohmann::json first = nlohmann::json::parse(autorep::test::read_text(profile))["profile"];
+  fs::rename(dir / "teacher" / "deepreduce-profile", dir / "first-profile");
+  const Profile again = ensure_profile(c, /*quiet=*/true);
+  CHECK(to_json(again) == first);
+
   // A second budget reuses the profile: no profile run trains again.
   const auto written = fs::last_write_time(profile);
   c.search.budget = "5%";
