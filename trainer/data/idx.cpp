@@ -56,6 +56,16 @@ class GzReader {
 
   size_t consumed() const { return consumed_; }
 
+  // The most bytes the file can hold: its size when it is not compressed, else its size times
+  // deflate's largest ratio (1032:1), so a header cannot make the reader allocate more than the
+  // file could ever fill.
+  int64_t max_bytes() const {
+    std::error_code ec;
+    const auto size = static_cast<int64_t>(fs::file_size(file_, ec));
+    if (ec) return int64_t{1} << 36;
+    return gzdirect(handle_) ? size : size * 1032 + 4096;
+  }
+
  private:
   void check_stream(size_t) {
     int errnum = Z_OK;
@@ -120,6 +130,11 @@ torch::Tensor read_idx(const std::string& file, int ndim, const std::string& wha
   if (ndim == 3) shape_text += " of " + std::to_string((*dims)[1]) + "x" + std::to_string((*dims)[2]);
   const int64_t expected_total = static_cast<int64_t>(header_bytes) + payload;
 
+  if (payload > in.max_bytes()) {
+    throw std::runtime_error(file + ": truncated: expected " + std::to_string(expected_total) + " bytes of " + what +
+                             " data (a " + std::to_string(header_bytes) + "-byte header and " + shape_text +
+                             "), more than the file can hold; the header or the file is corrupt");
+  }
   auto data = torch::empty({payload}, torch::kUInt8);
   const size_t got = in.read(data.data_ptr<uint8_t>(), static_cast<size_t>(payload));
   if (static_cast<int64_t>(got) < payload) {
