@@ -8,6 +8,7 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <stdexcept>
 #include <system_error>
 
@@ -88,6 +89,13 @@ void write_file_atomic(const std::string& path, const std::string& bytes) {
     }
     if (::close(fd) != 0) throw std::runtime_error(path + ": cannot write (" + std::strerror(errno) + ")");
   });
+}
+
+void append_line(const std::string& path, const std::string& line) {
+  std::ofstream out(path, std::ios::app);
+  out << line << "\n";
+  out.flush();
+  if (!out) throw std::runtime_error(path + ": cannot write (" + std::strerror(errno) + ")");
 }
 
 }  // namespace autorep::util

@@ -18,6 +18,10 @@ void rename_into_place(const std::string& tmp, const std::string& path);
 /// file under `path` as it was, with no temporary file.
 void write_file_atomic(const std::string& path, const std::string& bytes);
 
+/// Appends `line` and a newline to `path` (log and metrics files, which only grow); a write
+/// error throws "<path>: cannot write (<reason>)".
+void append_line(const std::string& path, const std::string& line);
+
 /// Calls `write(tmp)` to produce the file under its temporary name, then renames it into place
 /// (the temporary file is removed when `write` throws).
 void write_atomically(const std::string& path, const std::function<void(const std::string& tmp)>& write);

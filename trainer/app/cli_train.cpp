@@ -108,17 +108,12 @@ int cmd_count(const ModelSpec& spec) {
   std::cout << ")\n";
   // DeepReDuce's view: what culling a stage removes and what thinning it keeps.
   std::cout << net->stages().size() << " stages (DeepReDuce culls or thins a whole stage):\n";
-  for (const auto& st : net->stages()) {
-    int64_t all = 0, thinned = 0;
-    for (size_t k = 0; k < st.sites.size(); ++k) {
-      const int64_t n = net->sites()[st.sites[k]].activation().total_relus();
-      all += n;
-      if (!st.thinned[k]) thinned += n;
-    }
-    std::cout << "  stage " << std::left << std::setw(static_cast<int>(stage_width)) << st.name << std::right
-              << std::setw(3) << st.sites.size() << " sites " << std::setw(12) << with_commas(all) << " ReLUs, thinned "
-              << std::setw(12) << with_commas(thinned) << "\n";
-  }
+  const auto counts = methods::deepreduce::stage_counts(*net);
+  for (size_t s = 0; s < counts.size(); ++s)
+    std::cout << "  stage " << std::left << std::setw(static_cast<int>(stage_width)) << counts[s].name << std::right
+              << std::setw(3) << net->stages()[s].sites.size() << " sites " << std::setw(12)
+              << with_commas(counts[s].relus) << " ReLUs, thinned " << std::setw(12) << with_commas(counts[s].thinned)
+              << "\n";
   std::cout << "total=" << total << "\n";
   return 0;
 }
@@ -150,16 +145,14 @@ int cmd_deepreduce_frontier(const std::string& config_path, const std::vector<st
   for (const auto& s : stages) total += s.relus;
   const auto list = methods::deepreduce::candidates(spec, order, methods::deepreduce::options_of(config));
   const int64_t budget = config.search.budget.resolve(total);
-  const auto chosen = methods::deepreduce::choose(list, budget);
+  const size_t chosen = methods::deepreduce::choose(list, budget);
   std::cout << std::right << std::setw(4) << "#" << std::setw(12) << "ReLUs" << std::setw(9) << "share"
             << "  network\n";
   for (size_t i = 0; i < list.size(); ++i) {
     const auto& p = list[i];
-    const bool is_chosen = p.relus == chosen.relus && p.kept == chosen.kept && p.thinned == chosen.thinned &&
-                           p.width == chosen.width && p.stem_stride == chosen.stem_stride;
     std::cout << std::setw(4) << i + 1 << std::setw(12) << with_commas(p.relus) << std::setw(8)
               << fixed(100.0 * static_cast<double>(p.relus) / static_cast<double>(total), 2) << "%  "
-              << p.describe(stages) << (is_chosen ? "   <- search.budget " + with_commas(budget) : std::string()) << "\n";
+              << p.describe(stages) << (i == chosen ? "   <- search.budget " + with_commas(budget) : std::string()) << "\n";
   }
   std::cout << list.size() << " candidates of " << spec.name << " (" << with_commas(total) << " ReLUs)"
             << (profiled ? "" : "; order not yet profiled") << "\n";

@@ -1,9 +1,9 @@
 #include "trainer/app/run.h"
 
 #include <filesystem>
-#include <fstream>
 #include <iostream>
 
+#include "layers/util/atomic_file.h"
 #include "trainer/app/export_run.h"
 #include "trainer/engine/distributed.h"
 #include "trainer/engine/run_result.h"
@@ -24,7 +24,7 @@ engine::RunResult train_run(const engine::Config& config, const engine::RunOptio
       const std::string line = "export: " + path + " (" + std::to_string(r.summary.value("kept", int64_t{0})) +
                                " of " + std::to_string(r.summary.value("total", int64_t{0})) + " ReLUs kept, budget " +
                                r.summary.value("target", nlohmann::json()).dump() + ")";
-      std::ofstream(std::filesystem::path(r.out_dir) / "log.txt", std::ios::app) << line << "\n";
+      util::append_line((std::filesystem::path(r.out_dir) / "log.txt").string(), line);
       if (!options.quiet) std::cerr << line << std::endl;
     }
     engine::write_run_result(config, r);

@@ -21,6 +21,15 @@ using util::splitmix64;
 using util::SplitMix64;
 using util::uniform_below;
 
+// splitmix64's mix of a linear key, offset by the golden gamma splitmix64 adds, so the seeds (and
+// every recorded run's batches) are the ones the training loop drew before it used
+// util::splitmix64.
+uint64_t batch_seed(uint64_t seed, int64_t epoch, int64_t step) {
+  return splitmix64(seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(epoch) * 0xBF58476D1CE4E5B9ull +
+                    static_cast<uint64_t>(step) * 0x94D049BB133111EBull + 0x2545F4914F6CDD1Dull -
+                    0x9E3779B97F4A7C15ull);
+}
+
 torch::Tensor epoch_order(int64_t n, uint64_t seed, int64_t epoch) {
   TORCH_CHECK(n >= 0, "epoch_order: n must be >= 0, got ", n);
   auto order = torch::empty({n}, torch::kLong);

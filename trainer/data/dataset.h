@@ -85,6 +85,9 @@ torch::Tensor read_idx_labels(const std::string& file, int64_t classes);
 
 /// Seeded permutation of [0, n) for one epoch: depends only on (seed, epoch).
 torch::Tensor epoch_order(int64_t n, uint64_t seed, int64_t epoch);
+/// The augmentation seed of one training batch: independent per (seed, epoch, step), so a
+/// resumed run draws exactly the batches it would have.
+uint64_t batch_seed(uint64_t seed, int64_t epoch, int64_t step);
 
 /// Builds a normalised float batch (B x C x H x W) from the samples at `indices`.
 /// When `train` is true, applies the split's random crop / flip, drawn per sample from

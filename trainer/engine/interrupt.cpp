@@ -15,7 +15,7 @@ static_assert(std::atomic<int>::is_always_lock_free, "the signal handler needs a
 extern "C" void on_signal(int signal) {
   int none = 0;
   // A second signal (of either kind) means "now": no checkpoint, straight out.
-  if (!g_requested.compare_exchange_strong(none, signal)) ::_exit(128 + signal);
+  if (!g_requested.compare_exchange_strong(none, signal)) ::_exit(exit_code(signal));
   static const char kMessage[] =
       "\nautorep: stopping after this step (last.pt is written); signal again to stop at once\n";
   [[maybe_unused]] const auto n = ::write(STDERR_FILENO, kMessage, sizeof(kMessage) - 1);
@@ -33,8 +33,6 @@ void install() {
 }
 
 int requested() { return g_requested.load(); }
-
-void request(int signal) { g_requested.store(signal); }
 
 void clear() { g_requested.store(0); }
 

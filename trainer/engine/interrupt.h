@@ -22,9 +22,6 @@ void install();
 /// The signal that asked the run to stop (SIGINT or SIGTERM), or 0.
 int requested();
 
-/// Asks the run to stop as that signal would (tests; a signal handler does the same).
-void request(int signal);
-
 /// Forgets a request (tests, and a process that handled one and goes on).
 void clear();
 

@@ -5,16 +5,13 @@
 #include <chrono>
 #include <csignal>
 #include <cmath>
-#include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <iomanip>
 #include <sstream>
 #include <thread>
 
 #include "layers/gate.h"
 #include "layers/util/atomic_file.h"
-#include "layers/util/random.h"
 #include "layers/util/text.h"
 #include "trainer/engine/checkpoint.h"
 #include "trainer/engine/device.h"
@@ -45,32 +42,6 @@ models::ModelSpec model_spec(const Config& config, const std::vector<int64_t>& i
 }
 
 namespace {
-
-void append_jsonl(const std::string& path, const nlohmann::json& j) {
-  std::ofstream out(path, std::ios::app);
-  out << j.dump() << "\n";
-  out.flush();
-  if (!out) throw std::runtime_error(path + ": cannot write (" + std::strerror(errno) + ")");
-}
-
-// Independent augmentation per (seed, epoch, step): splitmix64's mix of a linear key. The key is
-// offset by the golden gamma splitmix64 adds, so the seeds (and every recorded run's batches)
-// are the ones this function gave before it used util::splitmix64.
-uint64_t batch_seed(uint64_t seed, int64_t epoch, int64_t step) {
-  return util::splitmix64(seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(epoch) * 0xBF58476D1CE4E5B9ull +
-                          static_cast<uint64_t>(step) * 0x94D049BB133111EBull + 0x2545F4914F6CDD1Dull -
-                          0x9E3779B97F4A7C15ull);
-}
-
-const Phase& phase_of(const std::vector<Phase>& phases, int64_t epoch, size_t* index) {
-  for (size_t i = 0; i < phases.size(); ++i) {
-    if (epoch >= phases[i].first_epoch && epoch < phases[i].first_epoch + phases[i].epochs) {
-      *index = i;
-      return phases[i];
-    }
-  }
-  TORCH_INTERNAL_ASSERT(false, "epoch ", epoch, " belongs to no phase");
-}
 
 // Each loss part's mean per sample over the epoch, from its sums.
 nlohmann::json epoch_means(const nlohmann::json& sums, int64_t seen) {
@@ -110,7 +81,7 @@ class TrainingRun {
     running_stats_ = &running_stats;
     for (; epoch_ < config_.train.epochs; ++epoch_) {
       size_t pi = 0;
-      const Phase& phase = phase_of(phases_, epoch_, &pi);
+      const Phase& phase = phase_at(phases_, epoch_, &pi);
       ctx_.epoch = epoch_;
       if (pi != current_phase_) enter_phase(phase, pi, resumed_inside_phase && saved_phase_ == phase.name());
       resumed_inside_phase = false;
@@ -235,7 +206,7 @@ class TrainingRun {
     base_lrs_.clear();
     for (const auto& g : groups)
       if (!g.params.empty()) base_lrs_.push_back(g.lr);
-    if (continuing && checkpoint_has_optimizer(last_path_)) 
+    if (continuing && checkpoint_has_optimizer(last_path_))
       load_checkpoint(last_path_, *ctx_.model, optimizer_.get(), RngState::restore);
     ctx_.optimizer = optimizer_.get();
     current_phase_ = index;
@@ -283,16 +254,15 @@ class TrainingRun {
   [[noreturn]] void stop_on_signal(const Phase& phase) {
     ++step_in_epoch_;
     save_last(phase.name());
-    const int signal = interrupt::requested() != 0 ? interrupt::requested() : SIGTERM;
-    const std::string where = "epoch " + std::to_string(epoch_ + 1) + " step " + std::to_string(step_in_epoch_) +
-                              " of " + std::to_string(ctx_.steps_per_epoch);
+    const int own = interrupt::requested();  // 0: only another process was signalled
     const std::string message =
-        (interrupt::requested() != 0 ? std::string("stopped by ") + interrupt::name(signal)
-                                     : std::string("stopped because another process was signalled")) +
-        " after " + where + ": " + last_path_ + " written; continue with: autorep train --out " + options_.out_dir +
-        " --resume";
+        (own != 0 ? std::string("stopped by ") + interrupt::name(own)
+                  : std::string("stopped because another process was signalled")) +
+        " after epoch " + std::to_string(epoch_ + 1) + " step " + std::to_string(step_in_epoch_) + " of " +
+        std::to_string(ctx_.steps_per_epoch) + ": " + last_path_ + " written; continue with: autorep train --out " +
+        options_.out_dir + " --resume";
     report_->line(message);
-    throw interrupt::Interrupted(signal, message);
+    throw interrupt::Interrupted(own != 0 ? own : SIGTERM, message);
   }
 
   // The steps of one epoch; false when the run stops early (stop_after_steps).
@@ -307,7 +277,7 @@ class TrainingRun {
       const int64_t first = step_in_epoch_ * batch_ + rank_ * local_batch_;
       auto idx = order.slice(0, first, first + local_batch_);
       auto x = data::make_batch(data_, data_.train, idx, /*train=*/true,
-                                batch_seed(config_.train.seed, epoch_, step_in_epoch_), rank_ * local_batch_)
+                                data::batch_seed(config_.train.seed, epoch_, step_in_epoch_), rank_ * local_batch_)
                    .to(device_);
       auto y = data_.train.labels.index_select(0, idx).to(device_);
       const double f = lr_factor(phase.optim, ctx_.phase_step, phase_steps, ctx_.steps_per_epoch);
@@ -467,7 +437,7 @@ class TrainingRun {
   }
 
   void append_metrics(const nlohmann::json& j) {
-    if (primary_) append_jsonl(metrics_path_, j);
+    if (primary_) util::append_line(metrics_path_, j.dump());
   }
 
   const Config& config_;

@@ -4,6 +4,16 @@
 
 namespace autorep::trainer::engine {
 
+const Phase& phase_at(const std::vector<Phase>& phases, int64_t epoch, size_t* index) {
+  for (size_t i = 0; i < phases.size(); ++i) {
+    if (epoch >= phases[i].first_epoch && epoch < phases[i].first_epoch + phases[i].epochs) {
+      *index = i;
+      return phases[i];
+    }
+  }
+  TORCH_INTERNAL_ASSERT(false, "epoch ", epoch, " belongs to no phase");
+}
+
 std::string phase_name(PhaseKind kind) {
   switch (kind) {
     case PhaseKind::Train: return "train";

@@ -41,6 +41,10 @@ struct Phase {
   std::string name() const { return phase_name(kind); }
 };
 
+/// The phase that trains `epoch` (its position in `phases` in *index); every epoch of a run
+/// belongs to exactly one.
+const Phase& phase_at(const std::vector<Phase>& phases, int64_t epoch, size_t* index);
+
 /// A set of parameters with its own learning rate and weight decay.
 struct ParamGroup {
   std::vector<torch::Tensor> params;

@@ -38,12 +38,15 @@ Options options_of(const engine::Config& config) {
 }
 
 std::vector<StageCount> stage_counts(const models::ModelSpec& spec) {
-  const models::Net net = models::build_model(spec, layers::relu_factory());
+  return stage_counts(*models::build_model(spec, layers::relu_factory()));
+}
+
+std::vector<StageCount> stage_counts(const models::NetImpl& net) {
   std::vector<StageCount> out;
-  for (const auto& st : net->stages()) {
+  for (const auto& st : net.stages()) {
     StageCount c{st.name, 0, 0};
     for (size_t k = 0; k < st.sites.size(); ++k) {
-      const int64_t n = net->sites()[st.sites[k]].elements();
+      const int64_t n = net.sites()[st.sites[k]].elements();
       c.relus += n;
       if (!st.thinned[k]) c.thinned += n;
     }
@@ -52,10 +55,15 @@ std::vector<StageCount> stage_counts(const models::ModelSpec& spec) {
   return out;
 }
 
-std::string Plan::describe(const std::vector<StageCount>& stages) const {
+std::vector<std::string> Plan::kept_names(const std::vector<StageCount>& stages) const {
   std::vector<std::string> names;
   for (size_t s = 0; s < kept.size(); ++s)
     if (kept[s]) names.push_back(stages[s].name);
+  return names;
+}
+
+std::string Plan::describe(const std::vector<StageCount>& stages) const {
+  const std::vector<std::string> names = kept_names(stages);
   std::string text = names.empty() ? std::string("all stages culled (linear)") : "keep " + util::join(names, "+");
   if (thinned && !names.empty()) text += ", thinned";
   if (width != 1.0) text += ", width " + util::short_number(width);
@@ -64,10 +72,7 @@ std::string Plan::describe(const std::vector<StageCount>& stages) const {
 }
 
 nlohmann::json Plan::to_json(const std::vector<StageCount>& stages) const {
-  std::vector<std::string> names;
-  for (size_t s = 0; s < kept.size(); ++s)
-    if (kept[s]) names.push_back(stages[s].name);
-  return {{"keep_stages", names}, {"thinned", thinned},  {"width", width},
+  return {{"keep_stages", kept_names(stages)}, {"thinned", thinned},  {"width", width},
           {"stem_stride", stem_stride}, {"relus", relus}, {"network", describe(stages)}};
 }
 
@@ -139,12 +144,12 @@ std::vector<Plan> candidates(const models::ModelSpec& full, const std::vector<si
   return out;
 }
 
-Plan choose(const std::vector<Plan>& list, int64_t budget) {
-  const Plan* best = nullptr;
-  for (const auto& p : list)
-    if (p.relus <= budget && (best == nullptr || p.relus > best->relus)) best = &p;
-  TORCH_CHECK(best != nullptr, "deepreduce: no candidate network within ", budget, " ReLUs");
-  return *best;
+size_t choose(const std::vector<Plan>& list, int64_t budget) {
+  size_t best = list.size();
+  for (size_t i = 0; i < list.size(); ++i)
+    if (list[i].relus <= budget && (best == list.size() || list[i].relus > list[best].relus)) best = i;
+  TORCH_CHECK(best < list.size(), "deepreduce: no candidate network within ", budget, " ReLUs");
+  return best;
 }
 
 namespace {
@@ -271,7 +276,8 @@ class DeepReduceMethod : public ReductionMethod {
       if (!read_profile(config_, &profile))
         throw std::runtime_error("deepreduce: no criticality profile for " + config_.search.teacher + " in " +
                                  profile_dir(config_) + " (autorep train makes it first)");
-      plan_ = choose(candidates(spec, profile.cull_order(), options_), config_.search.budget.resolve(full_total_));
+      const auto list = candidates(spec, profile.cull_order(), options_);
+      plan_ = list[choose(list, config_.search.budget.resolve(full_total_))];
     }
     spec.width = plan_.width;
     spec.stem_stride = plan_.stem_stride;

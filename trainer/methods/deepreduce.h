@@ -39,6 +39,8 @@ struct StageCount {
   int64_t relus = 0;
   int64_t thinned = 0;
 };
+/// Per stage of `net` (counted on its sites' shapes).
+std::vector<StageCount> stage_counts(const models::NetImpl& net);
 /// Per stage of the model `spec` describes.
 std::vector<StageCount> stage_counts(const models::ModelSpec& spec);
 
@@ -49,6 +51,8 @@ struct Plan {
   double width = 1.0;
   int64_t stem_stride = 1;
   int64_t relus = 0;  ///< ReLUs per sample, exactly
+  /// The names of the stages it keeps.
+  std::vector<std::string> kept_names(const std::vector<StageCount>& stages) const;
   /// e.g. "keep layer2+layer3, thinned, width 0.5".
   std::string describe(const std::vector<StageCount>& stages) const;
   nlohmann::json to_json(const std::vector<StageCount>& stages) const;
@@ -79,8 +83,8 @@ Profile profile_from_json(const nlohmann::json& j);
 /// thinned. Duplicates (the same ReLUs kept) are left out.
 std::vector<Plan> candidates(const models::ModelSpec& full, const std::vector<size_t>& cull_order,
                              const Options& options);
-/// The candidate with the most ReLUs <= budget (the first in order among equals).
-Plan choose(const std::vector<Plan>& candidates, int64_t budget);
+/// The index of the candidate with the most ReLUs <= budget (the first in order among equals).
+size_t choose(const std::vector<Plan>& candidates, int64_t budget);
 
 /// Where the profile of the run's teacher lives: <teacher run>/deepreduce-profile/ (next to
 /// checkpoints/ when the teacher is a run's checkpoints/best.pt), with profile.json and one run
