@@ -16,6 +16,9 @@ packages=(
   libgloo-dev             # Gloo headers for multi-process training
   dataset-fashion-mnist   # the real data set of the default runs
   gnuplot-nox             # sweep plots
+  libonnx-dev libprotobuf-dev  # the ONNX export (trainer/deploy)
+  libopencv-dnn-dev       # OpenCV DNN: the runtime that checks the ONNX files
+  python3-onnx            # onnx.checker on exported files (a test case)
   python3                 # acceptance-check helpers
 )
 

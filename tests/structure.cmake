@@ -1,9 +1,9 @@
 # Checks that every source file includes only headers of its own room or of the rooms it may
 # depend on (DESIGN.md §1: layers <- search <- trainer, and inside trainer data, models <- engine
-# <- methods <- app). Run by ctest as structure.include_direction: cmake -DROOT=<source> -P this.
+# <- methods <- deploy <- app). Run by ctest as structure.include_direction: cmake -DROOT=<source> -P this.
 
 # Room -> the rooms its files may include (besides its own). Longest prefix wins.
-set(rooms layers/util layers search/export search trainer/data trainer/models trainer/engine trainer/methods trainer/app)
+set(rooms layers/util layers search/export search trainer/data trainer/models trainer/engine trainer/methods trainer/deploy trainer/app)
 set(allow_layers/util "")
 set(allow_layers "layers/util")
 set(allow_search "layers;layers/util")
@@ -12,7 +12,8 @@ set(allow_trainer/data "layers/util")
 set(allow_trainer/models "layers;layers/util")
 set(allow_trainer/engine "trainer/data;trainer/models;search;layers;layers/util")
 set(allow_trainer/methods "trainer/engine;trainer/data;trainer/models;search;layers;layers/util")
-set(allow_trainer/app "trainer/methods;trainer/engine;trainer/data;trainer/models;search/export;search;layers;layers/util")
+set(allow_trainer/deploy "trainer/methods;trainer/engine;trainer/data;trainer/models;search/export;search;layers;layers/util")
+set(allow_trainer/app "trainer/deploy;trainer/methods;trainer/engine;trainer/data;trainer/models;search/export;search;layers;layers/util")
 
 function(room_of path out)
   set(best "")

@@ -74,6 +74,23 @@ elseif(NOT AUTOREP_GLOO_INCLUDE)
   message(STATUS "autorep: no Gloo headers (Debian package libgloo-dev): multi-process training is left out")
 endif()
 
+# The ONNX export (trainer/deploy): ONNX's protobuf classes, protobuf, and OpenCV DNN to check
+# the files. -DAUTOREP_ONNX=OFF leaves them out (the GPU check builds without Debian's packages).
+if(AUTOREP_ONNX)
+  find_path(AUTOREP_ONNX_INCLUDE onnx/onnx-ml.pb.h)
+  find_library(AUTOREP_ONNX_PROTO_LIBRARY onnx_proto)
+  autorep_require(AUTOREP_ONNX_INCLUDE "ONNX protobuf headers (onnx/onnx-ml.pb.h)" "libonnx-dev")
+  autorep_require(AUTOREP_ONNX_PROTO_LIBRARY "ONNX protobuf library (libonnx_proto)" "libonnx-dev")
+  find_package(Protobuf QUIET)
+  autorep_require(Protobuf_FOUND "protobuf" "libprotobuf-dev")
+  find_path(AUTOREP_OPENCV_INCLUDE opencv2/dnn.hpp PATH_SUFFIXES opencv4)
+  find_library(AUTOREP_OPENCV_DNN_LIBRARY opencv_dnn)
+  find_library(AUTOREP_OPENCV_CORE_LIBRARY opencv_core)
+  autorep_require(AUTOREP_OPENCV_INCLUDE "OpenCV DNN headers (opencv2/dnn.hpp)" "libopencv-dnn-dev")
+  autorep_require(AUTOREP_OPENCV_DNN_LIBRARY "OpenCV DNN library (libopencv_dnn)" "libopencv-dnn-dev")
+  autorep_require(AUTOREP_OPENCV_CORE_LIBRARY "OpenCV core library (libopencv_core)" "libopencv-dnn-dev")
+endif()
+
 # A helper that every autorep library target uses for its common settings.
 function(autorep_library name)
   add_library(${name} STATIC ${ARGN})

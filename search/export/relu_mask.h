@@ -73,6 +73,7 @@ struct ExportSite {
   std::vector<uint8_t> mask;        ///< 0/1 per mask entry, flat C-H-W order
   bool has_coefficients = false;
   std::vector<double> c0, c1, c2;   ///< effective, [C] each (exact float32 values)
+  std::vector<std::string> onnx_nodes;  ///< the site's nodes in the ONNX export made with it (optional)
   int64_t elements_per_entry() const { return mask.empty() ? 0 : total / static_cast<int64_t>(mask.size()); }
 };
 

@@ -207,7 +207,7 @@ MaskExport parse_export(const ExportJson& doc, const std::string& source) {
     const std::string p = "sites[" + std::to_string(i) + "]";
     const auto& js = sites[i];
     r.object(js, p, {"name", "kind", "shape", "granularity", "decision", "kept", "total", "mask", "cost"},
-             {"kept_indices", "coefficients"});
+             {"kept_indices", "coefficients", "onnx_nodes", "range"});
     ExportSite s;
     s.name = r.string(js.at("name"), p + ".name");
     if (s.name.empty()) r.fail(p + ".name", "must not be empty");
@@ -314,6 +314,30 @@ MaskExport parse_export(const ExportJson& doc, const std::string& source) {
       s.has_coefficients = true;
     } else if (s.decision != "relu") {
       r.fail(p + ".coefficients", "missing: required for a site whose decision is \"" + s.decision + "\"");
+    }
+    if (js.contains("onnx_nodes")) {
+      const auto& nodes = js.at("onnx_nodes");
+      if (!nodes.is_array()) r.fail(p + ".onnx_nodes", "expected an array, got " + Reader::type_name(nodes));
+      for (size_t k = 0; k < nodes.size(); ++k) {
+        s.onnx_nodes.push_back(r.string(nodes[k], p + ".onnx_nodes[" + std::to_string(k) + "]"));
+        if (s.onnx_nodes.back().empty()) r.fail(p + ".onnx_nodes[" + std::to_string(k) + "]", "must not be empty");
+      }
+    }
+    if (js.contains("range")) {
+      const auto& g = js.at("range");
+      const std::string gp = p + ".range";
+      r.object(g, gp, {"images", "percentile", "input", "output"});
+      r.integer(g.at("images"), gp + ".images", 1);
+      const double pct = r.number(g.at("percentile"), gp + ".percentile");
+      if (!(pct > 0 && pct <= 1)) r.fail(gp + ".percentile", "must be in (0, 1]");
+      for (const char* side : {"input", "output"}) {
+        const std::string sp = gp + "." + side;
+        r.object(g.at(side), sp, {"min", "max", "abs_percentile"});
+        const double lo = r.number(g.at(side).at("min"), sp + ".min"), hi = r.number(g.at(side).at("max"), sp + ".max");
+        const double a = r.number(g.at(side).at("abs_percentile"), sp + ".abs_percentile");
+        if (lo > hi) r.fail(sp, "min > max");
+        if (a < 0 || a > std::max(std::abs(lo), std::abs(hi))) r.fail(sp + ".abs_percentile", "must be in [0, max |x|]");
+      }
     }
     check_cost(js.at("cost"), p + ".cost");
     kept_sum += s.kept;

@@ -11,6 +11,8 @@
 #include "layers/site.h"
 #include "search/budget.h"
 #include "trainer/data/dataset.h"
+#include "trainer/deploy/graph_eval.h"
+#include "trainer/deploy/onnx_export.h"
 
 #include "trainer/app/common.h"
 
@@ -94,11 +96,35 @@ nlohmann::json export_checkpoint(const std::string& checkpoint, const std::strin
   LoadedModel lm = load_model(checkpoint);
   lm.model->to(torch::kCPU);
   const exports::ExportInfo info = export_info(lm, checkpoint, options);
-  const exports::ExportJson doc = exports::build_export(lm.model->sites(), info, costs);
+  exports::ExportJson doc = exports::build_export(lm.model->sites(), info, costs);
+  if (options.range_images > 0) {
+    try {
+      data::DataOptions d = lm.config.data;
+      d.limit_test = 1;
+      const DataSplits splits = load_dataset(d);
+      const torch::Tensor images = splits.train.images.slice(0, 0, options.range_images);
+      const double percentile = 0.9999;
+      lm.model->eval();
+      const auto ranges = deploy::observe_ranges(*lm.model, exports::parse_export(doc, out_path), {splits.mean, splits.std},
+                                                 images, 250, percentile);
+      deploy::add_ranges(doc, ranges, images.size(0), percentile);
+    } catch (const std::exception& e) {
+      if (!options.quiet) std::cerr << "autorep: warning: value ranges not recorded (" << e.what() << ")\n";
+    }
+  }
+  nlohmann::json onnx;  // null without options.onnx_path
+  if (!options.onnx_path.empty()) {
+    deploy::OnnxOptions o;
+    o.keep_batchnorm = options.keep_batchnorm;
+    const deploy::OnnxSummary g = deploy::export_onnx(lm, doc, options.onnx_path, o);
+    onnx = {{"path", g.path}, {"opset", deploy::kOnnxOpset}, {"nodes", g.nodes}, {"parameters", g.parameters},
+            {"bytes", g.bytes}};
+  }
   // What is written must read back: a bug here is caught before an engine sees the file.
-  exports::parse_export(doc, out_path);
-  exports::write_export(out_path, doc);
+  exports::parse_export(doc, out_path.empty() ? options.onnx_path : out_path);
+  if (!out_path.empty()) exports::write_export(out_path, doc);
   return {{"path", out_path},
+          {"onnx", onnx},
           {"kept", doc["budget"]["kept"]},
           {"total", doc["budget"]["total"]},
           {"target", doc["budget"]["target"]},

@@ -23,6 +23,13 @@ struct ExportOptions {
   bool evaluate = true;
   std::string device = "cpu";  ///< for that evaluation
   bool quiet = false;          ///< no warnings on stderr
+  /// Also write the whole network as ONNX here (trainer/deploy); the mask export then names
+  /// each site's nodes ("onnx_nodes"). With an empty `out_path` only the graph is written.
+  std::string onnx_path;
+  bool keep_batchnorm = false;  ///< ONNX: BatchNormalization nodes instead of folded batch norms
+  /// Record every site's input and output range over the first N training images (the
+  /// per-site "range" of the export; 0 = not recorded). Without the data set: a warning.
+  int64_t range_images = 10000;
 };
 
 /// The test (and, with a validation split, validation) accuracy of a checkpoint's epoch.
@@ -39,8 +46,9 @@ std::optional<RecordedAccuracy> recorded_accuracy(const std::string& checkpoint,
 /// target resolved against the model's ReLUs, accuracy per `options`).
 exports::ExportInfo export_info(const methods::LoadedModel& lm, const std::string& checkpoint, const ExportOptions& options);
 
-/// Loads `checkpoint`, builds its export and writes it atomically to `out_path`. Returns a
-/// summary: {"path", "kept", "total", "target", "accuracy", "granularity", "reduction"}.
+/// Loads `checkpoint`, builds its export and writes it atomically to `out_path` (and the ONNX
+/// graph to options.onnx_path). Returns a summary: {"path", "onnx" (null, or {"path", "opset",
+/// "nodes", "parameters", "bytes"}), "kept", "total", "target", "accuracy", "granularity", "reduction"}.
 /// The lead calls this at the end of a reduction run (run/export/mask.json).
 nlohmann::json export_checkpoint(const std::string& checkpoint, const std::string& out_path,
                                  const ExportOptions& options = {});

@@ -5,6 +5,7 @@
 
 #include "layers/util/atomic_file.h"
 #include "trainer/app/export_run.h"
+#include "trainer/deploy/onnx_export.h"
 #include "trainer/engine/distributed.h"
 #include "trainer/engine/run_result.h"
 #include "trainer/methods/registry.h"
@@ -19,12 +20,25 @@ engine::RunResult train_run(const engine::Config& config, const engine::RunOptio
   if (!r.completed) return r;
   if (engine::dist::is_primary()) {
     if (methods::find_method(config.method).reduces) {
-      const std::string path = (std::filesystem::path(r.out_dir) / "export" / "mask.json").string();
-      r.summary = export_checkpoint(r.best_checkpoint, path);
-      const std::string line = "export: " + path + " (" + std::to_string(r.summary.value("kept", int64_t{0})) +
-                               " of " + std::to_string(r.summary.value("total", int64_t{0})) + " ReLUs kept, budget " +
-                               r.summary.value("target", nlohmann::json()).dump() + ")";
-      util::append_line((std::filesystem::path(r.out_dir) / "log.txt").string(), line);
+      const std::filesystem::path dir = std::filesystem::path(r.out_dir) / "export";
+      const std::string path = (dir / "mask.json").string(), log = (std::filesystem::path(r.out_dir) / "log.txt").string();
+      ExportOptions eo;
+      if (deploy::onnx_available()) eo.onnx_path = (dir / "model.onnx").string();
+      try {
+        r.summary = export_checkpoint(r.best_checkpoint, path, eo);
+      } catch (const std::exception& e) {
+        if (eo.onnx_path.empty()) throw;
+        // The mask export does not depend on the graph: write it, and say why the graph is missing.
+        const std::string line = "export: warning: " + eo.onnx_path + " not written (" + e.what() + ")";
+        util::append_line(log, line);
+        if (!options.quiet) std::cerr << line << std::endl;
+        r.summary = export_checkpoint(r.best_checkpoint, path);
+      }
+      std::string line = "export: " + path + " (" + std::to_string(r.summary.value("kept", int64_t{0})) + " of " +
+                         std::to_string(r.summary.value("total", int64_t{0})) + " ReLUs kept, budget " +
+                         r.summary.value("target", nlohmann::json()).dump() + ")";
+      if (!r.summary["onnx"].is_null()) line += ", " + r.summary["onnx"]["path"].get<std::string>();
+      util::append_line(log, line);
       if (!options.quiet) std::cerr << line << std::endl;
     }
     engine::write_run_result(config, r);

@@ -30,6 +30,12 @@ class CnnSmallImpl : public NetImpl {
     x = act3_.forward(fc1_(x.flatten(1)));
     return fc2_(x);
   }
+  GraphSink::Value describe(GraphSink& g, const GraphSink::Value& input) override {
+    auto x = g.max_pool(g.activation(g.conv(input, "conv1", *conv1_, "bn1", bn1_.get())), 2, "pool1");
+    x = g.max_pool(g.activation(g.conv(x, "conv2", *conv2_, "bn2", bn2_.get())), 2, "pool2");
+    x = g.activation(g.linear(g.flatten(x, "flatten"), "fc1", *fc1_));
+    return g.linear(x, "fc2", *fc2_);
+  }
 
  private:
   nn::Conv2d conv1_{nullptr}, conv2_{nullptr};

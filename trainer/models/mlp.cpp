@@ -26,6 +26,11 @@ class MlpImpl : public NetImpl {
     x = act2_.forward(fc2_(x));
     return fc3_(x);
   }
+  GraphSink::Value describe(GraphSink& g, const GraphSink::Value& input) override {
+    auto x = g.activation(g.linear(g.flatten(input, "flatten"), "fc1", *fc1_));
+    x = g.activation(g.linear(x, "fc2", *fc2_));
+    return g.linear(x, "fc3", *fc3_);
+  }
 
  private:
   nn::Linear fc1_{nullptr}, fc2_{nullptr}, fc3_{nullptr};

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "layers/site.h"
+#include "trainer/models/graph.h"
 
 namespace autorep::trainer::models {
 
@@ -46,6 +47,9 @@ class NetImpl : public torch::nn::Module {
  public:
   explicit NetImpl(ModelSpec spec) : spec_(std::move(spec)) {}
   virtual torch::Tensor forward(torch::Tensor x) = 0;
+  /// The forward once more, op by op, into `g` (for exporters): the same ops in the same order,
+  /// the activation sites in the order of sites(). Returns the logits' value.
+  virtual GraphSink::Value describe(GraphSink& g, const GraphSink::Value& input) = 0;
   const std::vector<layers::Site>& sites() const { return sites_; }
   const std::vector<Stage>& stages() const { return stages_; }
   const ModelSpec& spec() const { return spec_; }

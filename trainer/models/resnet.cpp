@@ -12,7 +12,8 @@ namespace {
 class BasicBlockImpl : public nn::Module {
  public:
   BasicBlockImpl(NetImpl& net, const std::string& path, int64_t in, int64_t out, int64_t stride,
-                 int64_t h, int64_t w, const ActivationFactory& f) {
+                 int64_t h, int64_t w, const ActivationFactory& f)
+      : path_(path) {
     const int64_t oh = strided(h, stride), ow = strided(w, stride);
     conv1_ = register_module("conv1", conv3x3(in, out, stride));
     bn1_ = register_module("bn1", nn::BatchNorm2d(out));
@@ -30,12 +31,22 @@ class BasicBlockImpl : public nn::Module {
     y = y + (shortcut_ ? shortcut_->forward(x) : x);
     return act2_.forward(y);
   }
+  GraphSink::Value describe(GraphSink& g, const GraphSink::Value& x) {
+    auto y = g.activation(g.conv(x, join(path_, "conv1"), *conv1_, join(path_, "bn1"), bn1_.get()));
+    y = g.conv(y, join(path_, "conv2"), *conv2_, join(path_, "bn2"), bn2_.get());
+    if (!shortcut_) return g.activation(g.add(y, x, join(path_, "add")));
+    const auto conv = std::dynamic_pointer_cast<nn::Conv2dImpl>(shortcut_->ptr(0));
+    const auto bn = std::dynamic_pointer_cast<nn::BatchNorm2dImpl>(shortcut_->ptr(1));
+    const auto skip = g.conv(x, join(path_, "shortcut.0"), *conv, join(path_, "shortcut.1"), bn.get());
+    return g.activation(g.add(y, skip, join(path_, "add")));
+  }
 
  private:
   nn::Conv2d conv1_{nullptr}, conv2_{nullptr};
   nn::BatchNorm2d bn1_{nullptr}, bn2_{nullptr};
   nn::Sequential shortcut_{nullptr};
   nn::AnyModule act1_, act2_;
+  std::string path_;
 };
 TORCH_MODULE(BasicBlock);
 
@@ -74,6 +85,13 @@ class ResNetImpl : public NetImpl {
     if (!act1_.is_empty()) x = act1_.forward(x);
     for (auto& stage : stages_) x = stage->forward(x);
     return fc_(torch::adaptive_avg_pool2d(x, {1, 1}).flatten(1));
+  }
+  GraphSink::Value describe(GraphSink& g, const GraphSink::Value& input) override {
+    auto x = g.conv(input, "conv1", *conv1_, "bn1", bn1_.get());
+    if (!act1_.is_empty()) x = g.activation(x);
+    for (auto& stage : stages_)
+      for (size_t b = 0; b < stage->size(); ++b) x = std::dynamic_pointer_cast<BasicBlockImpl>(stage->ptr(b))->describe(g, x);
+    return g.linear(g.global_average_pool(x, "pool"), "fc", *fc_);
   }
 
  private:

@@ -46,6 +46,16 @@ class Vgg16Impl : public NetImpl {
     }
     return fc2_(fc_act_.forward(fc1_(x.flatten(1))));
   }
+  GraphSink::Value describe(GraphSink& g, const GraphSink::Value& input) override {
+    auto x = input;
+    for (size_t i = 0; i < convs_.size(); ++i) {
+      const std::string idx = std::to_string(i);
+      x = g.activation(g.conv(x, "conv" + idx, *convs_[i], "bn" + idx, bns_[i].get()));
+      if (pool_after_[i]) x = g.max_pool(x, 2, "pool" + idx);
+    }
+    x = g.activation(g.linear(g.flatten(x, "flatten"), "fc1", *fc1_));
+    return g.linear(x, "fc2", *fc2_);
+  }
 
  private:
   std::vector<nn::Conv2d> convs_;

@@ -12,7 +12,8 @@ namespace {
 class WideBlockImpl : public nn::Module {
  public:
   WideBlockImpl(NetImpl& net, const std::string& path, int64_t in, int64_t out, int64_t stride, int64_t h,
-                int64_t w, const ActivationFactory& f) {
+                int64_t w, const ActivationFactory& f)
+      : path_(path) {
     const int64_t oh = strided(h, stride), ow = strided(w, stride);
     bn1_ = register_module("bn1", nn::BatchNorm2d(in));
     act1_ = net.add_site(*this, "act1", join(path, "act1"), {in, h, w}, f);
@@ -27,11 +28,19 @@ class WideBlockImpl : public nn::Module {
     auto y = conv2_(act2_.forward(bn2_(conv1_(o))));
     return y + (shortcut_ ? shortcut_(o) : x);
   }
+  GraphSink::Value describe(GraphSink& g, const GraphSink::Value& x) {
+    const auto o = g.activation(g.batchnorm(x, join(path_, "bn1"), *bn1_));
+    auto y = g.activation(g.conv(o, join(path_, "conv1"), *conv1_, join(path_, "bn2"), bn2_.get()));
+    y = g.conv(y, join(path_, "conv2"), *conv2_);
+    const auto skip = shortcut_ ? g.conv(o, join(path_, "shortcut"), *shortcut_) : x;
+    return g.add(y, skip, join(path_, "add"));
+  }
 
  private:
   nn::BatchNorm2d bn1_{nullptr}, bn2_{nullptr};
   nn::Conv2d conv1_{nullptr}, conv2_{nullptr}, shortcut_{nullptr};
   nn::AnyModule act1_, act2_;
+  std::string path_;
 };
 TORCH_MODULE(WideBlock);
 
@@ -67,6 +76,12 @@ class WideResNetImpl : public NetImpl {
     x = conv1_(x);
     for (auto& stage : stages_) x = stage->forward(x);
     return fc_(torch::adaptive_avg_pool2d(bn_(x), {1, 1}).flatten(1));
+  }
+  GraphSink::Value describe(GraphSink& g, const GraphSink::Value& input) override {
+    auto x = g.conv(input, "conv1", *conv1_);
+    for (auto& stage : stages_)
+      for (size_t b = 0; b < stage->size(); ++b) x = std::dynamic_pointer_cast<WideBlockImpl>(stage->ptr(b))->describe(g, x);
+    return g.linear(g.global_average_pool(g.batchnorm(x, "bn", *bn_), "pool"), "fc", *fc_);
   }
 
  private:
