@@ -71,7 +71,7 @@ int cmd_eval(const std::string& checkpoint, const std::string& data_path, const 
   LoadedModel lm = load_model(checkpoint);
   DataOptions d = data::test_split_options(lm.config.data);
   if (!data_path.empty()) d.path = data_path;
-  const DataSplits data = load_dataset(d);
+  const DataSplits data = methods::load_test_split(lm, d);
   const torch::Device dev = resolve_device(device);
   lm.model->to(dev);
   const EvalResult r = evaluate(*lm.model, data, data.test, dev, d.eval_batch_size);

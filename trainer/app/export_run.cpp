@@ -74,7 +74,7 @@ exports::ExportInfo export_info(const LoadedModel& lm, const std::string& checkp
   } else if (options.evaluate) {
     try {
       const DataOptions d = data::test_split_options(lm.config.data);
-      const DataSplits data = load_dataset(d);
+      const DataSplits data = methods::load_test_split(lm, d);
       const torch::Device dev = resolve_device(options.device);
       lm.model->to(dev);
       const EvalResult r = evaluate(*lm.model, data, data.test, dev, d.eval_batch_size);
@@ -240,7 +240,7 @@ VerifyResult verify_export(const std::string& export_path, const std::string& ch
   DataOptions d = data::test_split_options(trained.config.data);
   if (!options.data_path.empty()) d.path = options.data_path;
   if (!options.eval) d.limit_test = options.batch;
-  const DataSplits data = load_dataset(d);
+  const DataSplits data = methods::load_test_split(trained, d);
   const int64_t n = std::min<int64_t>(options.batch, data.test.size());
   if (n <= 0) throw std::runtime_error("verify: the test split is empty");
   const torch::Device dev = resolve_device(options.device);

@@ -260,7 +260,7 @@ FixedPointResult evaluate_fixed_point(const std::string& checkpoint, const Fixed
   data::DataOptions d = data::test_split_options(lm.config.data);
   if (!data_path.empty()) d.path = data_path;
   if (limit > 0) d.limit_test = limit;
-  const data::DataSplits data = data::load_dataset(d);
+  const data::DataSplits data = methods::load_test_split(lm, d);
   const Normalisation norm{data.mean, data.std};
   GraphEvaluator as_float(*lm.model, ex, norm), as_fixed(*lm.model, ex, norm, format);
   FixedPointResult r;

@@ -7,10 +7,10 @@
 
 namespace autorep::trainer::deploy {
 
-Normalisation normalisation_of(const data::DataOptions& options) {
-  data::DataOptions d = data::test_split_options(options);
+Normalisation normalisation_of(const methods::LoadedModel& lm) {
+  data::DataOptions d = data::test_split_options(lm.config.data);
   d.limit_test = 1;
-  const data::DataSplits splits = data::load_dataset(d);
+  const data::DataSplits splits = methods::load_test_split(lm, d);
   return {splits.mean, splits.std};
 }
 
@@ -19,7 +19,7 @@ OnnxSummary export_onnx(methods::LoadedModel& lm, exports::ExportJson& mask_doc,
   lm.model->to(torch::kCPU, torch::kFloat);
   lm.model->eval();
   const exports::MaskExport ex = exports::parse_export(mask_doc, path);
-  const OnnxSummary summary = write_onnx(*lm.model, ex, normalisation_of(lm.config.data), path, options);
+  const OnnxSummary summary = write_onnx(*lm.model, ex, normalisation_of(lm), path, options);
   add_onnx_nodes(mask_doc, summary);
   return summary;
 }

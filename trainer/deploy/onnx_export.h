@@ -60,9 +60,8 @@ OnnxSummary write_onnx(models::NetImpl& net, const exports::MaskExport& ex, cons
 /// below that writes or runs a graph throws saying so.
 bool onnx_available();
 
-/// The normalisation the data pipeline of `data` applies (from the data set's test-split
-/// loader, the one `autorep eval` uses).
-Normalisation normalisation_of(const data::DataOptions& data);
+/// The normalisation a checkpoint was trained with (methods::load_test_split).
+Normalisation normalisation_of(const methods::LoadedModel& lm);
 
 /// Writes the ONNX graph of a loaded checkpoint with the activations of `mask_doc` (the
 /// relu-mask document built from the same checkpoint) to `path`, and adds each site's node

@@ -71,7 +71,7 @@ OnnxVerifyResult verify_onnx(const std::string& onnx_path, const std::string& ch
   data::DataOptions d = data::test_split_options(lm.config.data);
   if (!options.data_path.empty()) d.path = options.data_path;
   if (!options.eval) d.limit_test = options.batch;
-  const data::DataSplits data = data::load_dataset(d);
+  const data::DataSplits data = methods::load_test_split(lm, d);
   const int64_t n = std::min<int64_t>(options.batch, data.test.size());
   if (n <= 0) throw std::runtime_error("verify: the test split is empty");
 

@@ -241,7 +241,8 @@ class TrainingRun {
             {"best_val_accuracy", best_val_acc_},
             {"seconds", elapsed_before_ + std::chrono::duration<double>(Clock::now() - t_start_).count()},
             {"method", method_.state()},
-            {"model_spec", models::spec_to_json(spec_)}};
+            {"model_spec", models::spec_to_json(spec_)},
+            {"normalisation", {{"mean", data_.mean}, {"std", data_.std}}}};
   }
 
   void save_last(const std::string& phase_name) {

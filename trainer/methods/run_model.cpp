@@ -33,6 +33,19 @@ engine::RunResult train(const engine::Config& config, const engine::RunOptions& 
   return engine::run_training(config, *method, options);
 }
 
+data::DataSplits load_test_split(const LoadedModel& lm, const data::DataOptions& options) {
+  data::DataSplits data = data::load_dataset(options);
+  if (!lm.state.contains("normalisation")) return data;
+  const auto& n = lm.state.at("normalisation");
+  auto mean = n.at("mean").get<std::vector<float>>(), std = n.at("std").get<std::vector<float>>();
+  if (mean.size() != data.mean.size() || std.size() != data.std.size())
+    throw std::runtime_error("the checkpoint was trained on " + std::to_string(mean.size()) +
+                             "-channel images, the data set has " + std::to_string(data.mean.size()) + " channels");
+  data.mean = std::move(mean);
+  data.std = std::move(std);
+  return data;
+}
+
 LoadedModel load_model(const std::string& checkpoint) {
   const engine::CheckpointMeta meta = engine::read_checkpoint_meta(checkpoint);
   LoadedModel out;

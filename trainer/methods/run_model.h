@@ -6,6 +6,7 @@
 
 #include <string>
 
+#include "trainer/data/dataset.h"
 #include "trainer/engine/config.h"
 #include "trainer/engine/loop.h"
 #include "trainer/models/net.h"
@@ -25,5 +26,11 @@ struct LoadedModel {
 };
 /// Rebuilds the model a checkpoint was trained as (activations per its method) and loads it.
 LoadedModel load_model(const std::string& checkpoint);
+
+/// Loads the data `options` describe (typically data::test_split_options of the checkpoint's
+/// config) with the normalisation the checkpoint was trained with: image folders compute theirs
+/// from the training images loaded, and the test-split options load one. Checkpoints record
+/// it in their state ("normalisation"); older ones keep what the loader computes.
+data::DataSplits load_test_split(const LoadedModel& lm, const data::DataOptions& options);
 
 }  // namespace autorep::trainer::methods

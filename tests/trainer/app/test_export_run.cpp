@@ -12,6 +12,7 @@
 #include "trainer/engine/checkpoint.h"
 #include "trainer/engine/config.h"
 #include "trainer/methods/registry.h"
+#include "trainer/methods/run_model.h"
 #include "trainer/models/registry.h"
 
 using namespace autorep;
@@ -160,4 +161,35 @@ TEST_CASE("export_checkpoint and verify_export work on a saved reduction checkpo
   write_text(cheap, exports::to_json(exports::default_cost_table()).dump());
   std::tie(rc, text) = sh("inspect --cost-table " + cheap.string() + " " + out);
   CHECK(rc == 0);
+}
+
+TEST_CASE("a checkpoint's own normalisation is what evaluation, verify and the ONNX graph use", "[export]") {
+  if (!autorep::test::have_fashion_mnist()) {
+    WARN("Fashion-MNIST not installed: skipped");
+    return;
+  }
+  engine::Config config;
+  config.model.name = "cnn-small";
+  const auto spec = tiny_spec(28);
+  auto method = methods::make_method(config);
+  auto net = models::build_model(model_spec(spec), method->factory());
+  const auto run = fresh_dir("normalisation");
+  const auto with = (run / "with.pt").string(), without = (run / "without.pt").string();
+  const nlohmann::json base{{"model_spec", models::spec_to_json(model_spec(spec))}, {"epoch", 1}, {"step_in_epoch", 0}};
+  nlohmann::json state = base;
+  // What an image-folder run would record: its training set's statistics, not one image's.
+  state["normalisation"] = {{"mean", {0.5}}, {"std", {0.25}}};
+  engine::save_checkpoint(with, *net, nullptr, {engine::to_json(config), state});
+  engine::save_checkpoint(without, *net, nullptr, {engine::to_json(config), base});
+  data::DataOptions d = data::test_split_options(config.data);
+  d.limit_test = 10;
+  const auto a = methods::load_test_split(methods::load_model(with), d);
+  CHECK(a.mean == std::vector<float>{0.5f});
+  CHECK(a.std == std::vector<float>{0.25f});
+  const auto b = methods::load_test_split(methods::load_model(without), d);
+  CHECK(b.mean == std::vector<float>{0.2860f});  // the data set's own constants
+  state["normalisation"] = {{"mean", {0.5, 0.5, 0.5}}, {"std", {0.25, 0.25, 0.25}}};
+  const auto wrong = (run / "wrong.pt").string();
+  engine::save_checkpoint(wrong, *net, nullptr, {engine::to_json(config), state});
+  CHECK_THROWS_WITH(methods::load_test_split(methods::load_model(wrong), d), Contains("3-channel"));
 }

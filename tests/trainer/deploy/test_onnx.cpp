@@ -114,6 +114,19 @@ void check_with_python_onnx(const fs::path& onnx_file, const exports::ExportJson
   CHECK(WEXITSTATUS(rc) == 0);
 }
 
+// A model with gates of `granularity`, its sites in the four forms, batch norms randomised.
+models::Net prepared(const models::ModelSpec& spec, const std::string& granularity, uint64_t seed) {
+  auto net = models::build_model(spec, layers::gate_factory(gate_proto(granularity, 2)));
+  set_site_forms(*net, seed);
+  randomize_batchnorms(*net, seed + 1);
+  net->eval();
+  return net;
+}
+
+exports::ExportJson mask_doc(models::NetImpl& net) {
+  return exports::build_export(net.sites(), tiny_info(net.spec()), exports::default_cost_table());
+}
+
 struct Family {
   std::string name;
   std::vector<int64_t> input;
@@ -135,15 +148,8 @@ TEST_CASE("the ONNX graph run by OpenCV DNN computes the LibTorch logits for eve
   spec.input_shape = family.input;
   spec.classes = 10;
   spec.width = family.width;
-  auto net = models::build_model(spec, layers::gate_factory(gate_proto(granularity, 2)));
-  set_site_forms(*net, 7);
-  randomize_batchnorms(*net, 8);
-  net->eval();
-
-  exports::ExportInfo info = tiny_info(spec);
-  info.arch = family.name;
-  info.input_shape = family.input;
-  exports::ExportJson doc = exports::build_export(net->sites(), info, exports::default_cost_table());
+  auto net = prepared(spec, granularity, 7);
+  exports::ExportJson doc = mask_doc(*net);
   const auto ex = exports::parse_export(doc, "mask");
   const auto& norm = norm_for(family.input[0]);
   const auto dir = temp_dir(family.name + "-" + granularity);
@@ -186,14 +192,8 @@ TEST_CASE("batch norms kept as BatchNormalization nodes compute the same as fold
   spec.name = GENERATE(std::string("resnet20"), std::string("wrn-22-8"));
   spec.input_shape = {1, 16, 16};
   spec.width = spec.name == "wrn-22-8" ? 0.125 : 1.0;
-  auto net = models::build_model(spec, layers::gate_factory(gate_proto("channel", 2)));
-  set_site_forms(*net, 3);
-  randomize_batchnorms(*net, 4);
-  net->eval();
-  exports::ExportInfo info = tiny_info(spec);
-  info.arch = spec.name;
-  info.input_shape = spec.input_shape;
-  const auto ex = exports::parse_export(exports::build_export(net->sites(), info, exports::default_cost_table()), "m");
+  auto net = prepared(spec, "channel", 3);
+  const auto ex = exports::parse_export(mask_doc(*net), "m");
   const auto dir = temp_dir("bn-" + spec.name);
   deploy::OnnxOptions keep;
   keep.keep_batchnorm = true;
@@ -218,10 +218,7 @@ TEST_CASE("an export that does not fit the model, or a file OpenCV cannot read, 
   models::ModelSpec other = spec;
   other.name = "mlp";
   auto mlp = models::build_model(other, layers::gate_factory(gate_proto("pixel", 2)));
-  exports::ExportInfo info = tiny_info(other);
-  info.arch = "mlp";
-  info.input_shape = other.input_shape;
-  const auto ex = exports::parse_export(exports::build_export(mlp->sites(), info, exports::default_cost_table()), "m");
+  const auto ex = exports::parse_export(mask_doc(*mlp), "m");
   const auto dir = temp_dir("refused");
   CHECK_THROWS_WITH(deploy::write_onnx(*net, ex, norm_for(1), (dir / "x.onnx").string()),
                     Contains("does not fit the model"));
@@ -250,7 +247,7 @@ TEST_CASE("autorep export --onnx and verify --onnx on a saved reduction checkpoi
     auto method = methods::make_method(config);
     auto net = models::build_model(spec, method->factory());
     set_site_forms(*net, seed);
-    randomize_batchnorms(*net, seed + 1);
+    randomize_batchnorms(*net, seed + 1);  // (the method's own gate options, not prepared()'s)
     engine::save_checkpoint((run / "checkpoints" / "best.pt").string(), *net, nullptr,
                             {engine::to_json(config),
                              {{"model_spec", models::spec_to_json(spec)}, {"epoch", 2}, {"step_in_epoch", 0}}});
