@@ -5,7 +5,10 @@
 #include <filesystem>
 
 #include "layers/gate.h"
+#include "search/export/relu_mask.h"
 #include "trainer/app/run.h"
+#include "trainer/deploy/onnx_export.h"
+#include "trainer/deploy/onnx_runtime.h"
 #include "trainer/engine/config.h"
 #include "trainer/engine/loop.h"
 #include "trainer/methods/reduction.h"
@@ -97,6 +100,19 @@ TEST_CASE("every method and granularity ends within the exact budget and exports
       if (g == "pixel" && method != "deepreduce") CHECK(r.kept_relus == budget);  // deepreduce keeps whole layers
       CHECK(fs::exists(out / "export" / "mask.json"));
       CHECK(fs::exists(out / "checkpoints" / "best.pt"));
+      // The ONNX graph beside it, run by OpenCV DNN, reproduces the checkpoint (snl and
+      // deepreduce leave identity sites, the others polynomial and mixed ones).
+      if (deploy::onnx_available()) {
+        REQUIRE(fs::exists(out / "export" / "model.onnx"));
+        deploy::OnnxVerifyOptions vo;
+        vo.batch = 64;
+        const auto v = deploy::verify_onnx((out / "export" / "model.onnx").string(),
+                                           (out / "checkpoints" / "best.pt").string(), vo);
+        INFO((v.problems.empty() ? std::string() : v.problems[0]));
+        CHECK(v.ok);
+        for (const auto& site : exports::read_export((out / "export" / "mask.json").string()).doc["sites"])
+          CHECK(site.contains("onnx_nodes"));
+      }
       fs::remove_all(out);
     }
   }
