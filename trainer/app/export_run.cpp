@@ -99,9 +99,13 @@ nlohmann::json export_checkpoint(const std::string& checkpoint, const std::strin
   exports::ExportJson doc = exports::build_export(lm.model->sites(), info, costs);
   if (options.range_images > 0) {
     try {
+      // The first N training images (whatever the run held out for validation), normalised as
+      // the checkpoint was trained.
       data::DataOptions d = lm.config.data;
+      d.limit_train = options.range_images;
+      d.val_split = 0;
       d.limit_test = 1;
-      const DataSplits splits = load_dataset(d);
+      const DataSplits splits = methods::load_test_split(lm, d);
       const torch::Tensor images = splits.train.images.slice(0, 0, options.range_images);
       const double percentile = 0.9999;
       lm.model->eval();
