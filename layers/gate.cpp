@@ -104,6 +104,8 @@ int64_t GateImpl::step() const {
   return step_cache_;
 }
 
+torch::Tensor GateImpl::fit_sigma() const { return running_var_.to(torch::kDouble).clamp_min(1e-5).sqrt(); }
+
 void GateImpl::refit() {
   torch::NoGradGuard no_grad;
   const auto& dp = options_.dapa();
@@ -112,7 +114,7 @@ void GateImpl::refit() {
   const double s1 = options_.scale1(), s2 = options_.scale2();
   if (dp.sigma() == "std") {
     // 1e-5 as in batch norm: a dead channel still gets a finite fit.
-    const auto f = dapa_fit(mean, dp.sigma_scale() * var.clamp_min(1e-5).sqrt(), options_.degree());
+    const auto f = dapa_fit(mean, dp.sigma_scale() * fit_sigma(), options_.degree());
     c0_.copy_(f.w0);
     c1_.copy_(f.w1 / s1);
     c2_.copy_(f.w2 / s2);
@@ -175,8 +177,10 @@ torch::Tensor GateImpl::forward(const torch::Tensor& x) {
     calibration_count_ += x.numel() / std::max<int64_t>(s[0], 1);
   }
   if (!is_training()) {
-    return options_.fused() ? gate_fused(x, aux, mask_, c0_, c1_, c2_, s1, s2, deg)
-                            : gate_composite(x, aux, mask_, c0_, c1_, c2_, s1, s2, deg);
+    auto y = options_.fused() ? gate_fused(x, aux, mask_, c0_, c1_, c2_, s1, s2, deg)
+                              : gate_composite(x, aux, mask_, c0_, c1_, c2_, s1, s2, deg);
+    if (probing_) record_probe(x, y);
+    return y;
   }
   const auto& dp = options_.dapa();
   const int64_t k = step();
@@ -202,7 +206,38 @@ torch::Tensor GateImpl::forward(const torch::Tensor& x) {
   step_cache_ = k + 1;
   step_cache_impl_ = step_.unsafeGetTensorImpl();
   step_cache_version_ = static_cast<int64_t>(step_._version());
+  if (probing_) record_probe(x, y);
   return y;
+}
+
+void GateImpl::record_probe(const torch::Tensor& x, const torch::Tensor& y) {
+  torch::NoGradGuard no_grad;
+  const int64_t c = options_.shape()[0];
+  std::vector<int64_t> channel_view(x.dim(), 1);
+  channel_view[1] = c;
+  const auto xd = x.detach().to(torch::kDouble);
+  const auto mean = running_mean_.to(torch::kDouble).reshape(channel_view);
+  const auto sd = running_var_.to(torch::kDouble).clamp_min(1e-10).sqrt().reshape(channel_view);
+  auto z = ((xd - mean) / sd).abs();
+  // Only where the polynomial applies: a kept ReLU cannot amplify.
+  const auto& shape = options_.shape();
+  torch::Tensor m;
+  if (mask_.numel() == c && shape.size() > 1) {
+    m = mask_.reshape(channel_view);
+  } else if (mask_.numel() == 1) {
+    m = mask_.reshape(std::vector<int64_t>(x.dim(), 1));
+  } else {
+    m = mask_.reshape(x.sizes().slice(1)).unsqueeze(0);
+  }
+  z = torch::where(m.to(x.device()) > 0.5, torch::zeros_like(z), z);
+  probe_ = Probe();
+  if (z.numel() > 0) {
+    const auto per_channel = z.transpose(0, 1).reshape({c, -1}).amax(1);
+    probe_.channel = per_channel.argmax().item<int64_t>();
+    probe_.input_sigmas = per_channel[probe_.channel].item<double>();
+    probe_.channel_sd = sd.reshape({c})[probe_.channel].item<double>();
+  }
+  probe_.output_peak = y.numel() > 0 ? y.detach().abs().amax().item<double>() : 0.0;
 }
 
 void GateImpl::hysteresis_update(double threshold) {
@@ -324,7 +359,7 @@ void cap_curvature(const std::vector<std::shared_ptr<GateImpl>>& gates) {
     if (o.degree() < 2 || o.dapa().sigma() != "std") continue;
     // φ(0) / (2 k σ) for s2*c2, i.e. φ(0) / (2 k σ s2) for c2.
     const auto limit = (1.0 / std::sqrt(2.0 * M_PI)) /
-                       (2.0 * o.dapa().sigma_scale() * o.scale2() * g->running_var().clamp_min(1e-5).sqrt());
+                       (2.0 * o.dapa().sigma_scale() * o.scale2() * g->fit_sigma().to(g->c2().scalar_type()));
     torch::Tensor c2 = g->c2();
     c2.copy_(torch::max(torch::min(c2, limit), -limit));
   }

@@ -150,12 +150,30 @@ class GateImpl : public torch::nn::Cloneable<GateImpl>, public ActivationSite {
   const torch::Tensor& c2() const { return c2_; }
   const torch::Tensor& running_mean() const { return running_mean_; }
   const torch::Tensor& running_var() const { return running_var_; }
+  /// The per-channel sigma the "std" fit and the curvature bound use: sqrt(running_var), at
+  /// least sqrt(1e-5) as in batch norm (a dead channel still gets a finite fit); float64.
+  torch::Tensor fit_sigma() const;
   /// c0, c1 and (degree 2) c2: the parameters a refit overwrites.
   std::vector<torch::Tensor> coefficients() const;
+
+  /// What the last forward saw while probing (a spike's post-mortem): the largest distance of
+  /// an input at a polynomial position from its channel's running mean, in running standard
+  /// deviations, and the largest |output|.
+  struct Probe {
+    double input_sigmas = 0.0;
+    int64_t channel = -1;        ///< where input_sigmas was seen
+    double channel_sd = 0.0;     ///< that channel's running standard deviation
+    double output_peak = 0.0;
+  };
+  /// While probing, every forward records its Probe (one extra pass over x and y: diagnostics
+  /// only, never in the training steps).
+  void set_probing(bool on) { probing_ = on; }
+  const Probe& probe() const { return probe_; }
 
   void pretty_print(std::ostream& stream) const override;
 
  private:
+  void record_probe(const torch::Tensor& x, const torch::Tensor& y);
   void update_running_stats(const torch::Tensor& moments, int64_t count);
 
   GateOptions options_;
@@ -166,6 +184,8 @@ class GateImpl : public torch::nn::Cloneable<GateImpl>, public ActivationSite {
   int64_t calibration_count_ = 0;
   bool refitted_last_step_ = false;
   int64_t refit_count_ = 0;
+  bool probing_ = false;
+  Probe probe_;
   // Host copy of the step buffer, trusted while the buffer is the same tensor at the same
   // version (avoids a device sync per forward; a load or .to() invalidates it).
   mutable int64_t step_cache_ = 0;

@@ -45,11 +45,15 @@ torch::Tensor budget_penalty(const torch::Tensor& rho, double rho_target, double
   return lambda * torch::relu(rho - rho_target);
 }
 
-torch::Tensor kd_loss(const torch::Tensor& student_logits, const torch::Tensor& teacher_logits, double temperature) {
+torch::Tensor kd_loss_per_sample(const torch::Tensor& student_logits, const torch::Tensor& teacher_logits,
+                                 double temperature) {
   const auto log_p_s = torch::log_softmax(student_logits / temperature, 1);
   const auto log_p_t = torch::log_softmax(teacher_logits / temperature, 1);
-  const auto kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(1).mean();
-  return temperature * temperature * kl;
+  return temperature * temperature * (log_p_t.exp() * (log_p_t - log_p_s)).sum(1);
+}
+
+torch::Tensor kd_loss(const torch::Tensor& student_logits, const torch::Tensor& teacher_logits, double temperature) {
+  return kd_loss_per_sample(student_logits, teacher_logits, temperature).mean();
 }
 
 LambdaSchedule::LambdaSchedule(std::string mode, double lambda, double growth, double decay, double min, double max)

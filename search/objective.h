@@ -29,7 +29,10 @@ torch::Tensor relu_density(const GateList& gates);
 /// lambda * relu(rho - rho_target).
 torch::Tensor budget_penalty(const torch::Tensor& rho, double rho_target, double lambda);
 
-/// Knowledge distillation: T^2 * KL(softmax(t/T) || softmax(s/T)), averaged over the batch.
+/// Knowledge distillation per sample: T^2 * KL(softmax(t/T) || softmax(s/T)), a vector of N.
+torch::Tensor kd_loss_per_sample(const torch::Tensor& student_logits, const torch::Tensor& teacher_logits,
+                                 double temperature);
+/// Knowledge distillation: kd_loss_per_sample averaged over the batch.
 torch::Tensor kd_loss(const torch::Tensor& student_logits, const torch::Tensor& teacher_logits, double temperature);
 
 /// The penalty weight. "constant" keeps `lambda`. "adaptive" multiplies it by `growth` after

@@ -27,6 +27,14 @@ inline constexpr int64_t kExportVersion = 1;
 /// A site gets `kept_indices` when kept mask entries / mask entries <= this.
 inline constexpr double kKeptIndicesMaxDensity = 0.1;
 
+/// One class's test accuracy in the export (accuracy.per_class).
+struct ClassAccuracy {
+  std::string name;
+  std::optional<double> accuracy;  ///< none: the test split held no sample of the class
+  int64_t samples = 0;
+  std::optional<double> drop;      ///< the teacher's accuracy on the class minus this one
+};
+
 /// What the export says about the model and the run besides the sites (plain fields, so
 /// the export needs nothing from trainer/).
 struct ExportInfo {
@@ -41,6 +49,7 @@ struct ExportInfo {
   std::optional<double> accuracy;        ///< test accuracy in [0, 1]
   std::optional<double> val_accuracy;    ///< validation accuracy in [0, 1] (runs with a validation split)
   std::string accuracy_source;           ///< e.g. "metrics.jsonl epoch 12", "evaluated (10000 samples)"
+  std::vector<ClassAccuracy> per_class;  ///< test accuracy per class, label order (empty: unknown)
   std::string producer;                  ///< "" = "autorep <version>"
 };
 

@@ -21,6 +21,37 @@ using namespace detail;
 // ---------------------------------------------------------------------------------------------
 // Building and writing.
 
+namespace {
+
+// accuracy.per_class, worst_class(_accuracy) and, with the teacher's, max_class_drop(_class).
+void add_per_class(ExportJson& acc, const std::vector<ClassAccuracy>& classes) {
+  if (classes.empty()) return;
+  ExportJson list = ExportJson::array();
+  const ClassAccuracy* worst = nullptr;
+  const ClassAccuracy* dropped = nullptr;
+  for (const auto& c : classes) {
+    ExportJson e;
+    e["class"] = c.name;
+    e["accuracy"] = c.accuracy ? ExportJson(*c.accuracy) : ExportJson(nullptr);
+    e["samples"] = c.samples;
+    if (c.drop) e["drop"] = *c.drop;
+    list.push_back(e);
+    if (c.accuracy && (worst == nullptr || *c.accuracy < *worst->accuracy)) worst = &c;
+    if (c.drop && (dropped == nullptr || *c.drop > *dropped->drop)) dropped = &c;
+  }
+  acc["per_class"] = list;
+  if (worst != nullptr) {
+    acc["worst_class"] = worst->name;
+    acc["worst_class_accuracy"] = *worst->accuracy;
+  }
+  if (dropped != nullptr) {
+    acc["max_class_drop"] = *dropped->drop;
+    acc["max_class_drop_class"] = dropped->name;
+  }
+}
+
+}  // namespace
+
 ExportJson build_export(const std::vector<layers::Site>& sites, const ExportInfo& info, const CostTable& costs) {
   // First pass: the polynomial degree shared by every gate.
   std::optional<int64_t> degree;
@@ -130,6 +161,7 @@ ExportJson build_export(const std::vector<layers::Site>& sites, const ExportInfo
   acc["test"] = info.accuracy ? ExportJson(*info.accuracy) : ExportJson(nullptr);
   if (info.val_accuracy) acc["val"] = *info.val_accuracy;
   if (!info.accuracy_source.empty()) acc["source"] = info.accuracy_source;
+  add_per_class(acc, info.per_class);
   doc["accuracy"] = acc;
   doc["cost"] = cost_json(costs, before, after);
   doc["kept_indices_max_density"] = kKeptIndicesMaxDensity;

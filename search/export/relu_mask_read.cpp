@@ -166,7 +166,8 @@ MaskExport parse_export(const ExportJson& doc, const std::string& source) {
   ex.kept = r.integer(budget.at("kept"), "budget.kept");
   ex.total = r.integer(budget.at("total"), "budget.total");
   const auto& acc = doc.at("accuracy");
-  r.object(acc, "accuracy", {"test"}, {"source", "val"});
+  r.object(acc, "accuracy", {"test"},
+           {"source", "val", "per_class", "worst_class", "worst_class_accuracy", "max_class_drop", "max_class_drop_class"});
   if (!acc.at("test").is_null()) {
     const double a = r.number(acc.at("test"), "accuracy.test");
     if (a < 0 || a > 1) r.fail("accuracy.test", "must be in [0, 1] or null");
@@ -176,6 +177,34 @@ MaskExport parse_export(const ExportJson& doc, const std::string& source) {
     if (a < 0 || a > 1) r.fail("accuracy.val", "must be in [0, 1]");
   }
   if (acc.contains("source")) r.string(acc.at("source"), "accuracy.source");
+  if (acc.contains("per_class")) {
+    const auto& list = acc.at("per_class");
+    if (!list.is_array()) r.fail("accuracy.per_class", "expected an array");
+    for (size_t i = 0; i < list.size(); ++i) {
+      const std::string at = "accuracy.per_class[" + std::to_string(i) + "]";
+      r.object(list[i], at, {"class", "accuracy", "samples"}, {"drop"});
+      r.string(list[i].at("class"), at + ".class");
+      if (!list[i].at("accuracy").is_null()) {
+        const double a = r.number(list[i].at("accuracy"), at + ".accuracy");
+        if (a < 0 || a > 1) r.fail(at + ".accuracy", "must be in [0, 1] or null");
+      }
+      r.integer(list[i].at("samples"), at + ".samples");
+      if (list[i].contains("drop")) {
+        const double d = r.number(list[i].at("drop"), at + ".drop");
+        if (d < -1 || d > 1) r.fail(at + ".drop", "must be in [-1, 1]");
+      }
+    }
+  }
+  for (const char* key : {"worst_class", "max_class_drop_class"})
+    if (acc.contains(key)) r.string(acc.at(key), std::string("accuracy.") + key);
+  if (acc.contains("worst_class_accuracy")) {
+    const double a = r.number(acc.at("worst_class_accuracy"), "accuracy.worst_class_accuracy");
+    if (a < 0 || a > 1) r.fail("accuracy.worst_class_accuracy", "must be in [0, 1]");
+  }
+  if (acc.contains("max_class_drop")) {
+    const double d = r.number(acc.at("max_class_drop"), "accuracy.max_class_drop");
+    if (d < -1 || d > 1) r.fail("accuracy.max_class_drop", "must be in [-1, 1]");
+  }
   const auto& cost = doc.at("cost");
   r.object(cost, "cost", {"table", "before", "after", "reduction"});
   try {

@@ -31,6 +31,13 @@ inline std::string read_text(const std::filesystem::path& p) {
   return ss.str();
 }
 
+/// A JSON file's content (throws when it cannot be read).
+inline nlohmann::json read_json(const std::filesystem::path& file) {
+  std::ifstream in(file);
+  if (!in) throw std::runtime_error(file.string() + ": cannot open");
+  return nlohmann::json::parse(in);
+}
+
 /// The lines of a run's metrics.jsonl with the given "type" ("epoch" or "eval"), in order.
 inline std::vector<nlohmann::json> read_metrics(const std::filesystem::path& run, const std::string& type) {
   std::vector<nlohmann::json> out;

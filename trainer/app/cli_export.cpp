@@ -163,6 +163,13 @@ int cmd_inspect(const std::string& path, const std::string& cost_table) {
     std::cout << "; test accuracy " << std::fixed << std::setprecision(2) << 100.0 * acc["test"].get<double>() << "%"
               << (acc.contains("val") ? ", validation " + fixed(100.0 * acc["val"].get<double>(), 2) + "%" : std::string())
               << (acc.contains("source") ? " (" + acc["source"].get<std::string>() + ")" : std::string());
+  if (acc.contains("worst_class"))
+    std::cout << "\nworst class " << acc["worst_class"].get<std::string>() << " "
+              << fixed(100.0 * acc["worst_class_accuracy"].get<double>(), 2) << "%"
+              << (acc.contains("max_class_drop")
+                      ? ", largest drop against the teacher " + fixed(100.0 * acc["max_class_drop"].get<double>(), 2) +
+                            " points (" + acc["max_class_drop_class"].get<std::string>() + ")"
+                      : std::string());
   std::cout << "\ncost (table " << table.name << "): before offline " << bytes_text(before["offline_bytes"].get<double>())
             << ", online " << bytes_text(before["online_bytes"].get<double>()) << "; after offline "
             << bytes_text(after["offline_bytes"].get<double>()) << ", online "

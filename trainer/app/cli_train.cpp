@@ -5,6 +5,7 @@
 
 #include <iomanip>
 #include <iostream>
+#include <optional>
 #include <memory>
 #include <sstream>
 
@@ -65,8 +66,31 @@ int cmd_train(const TrainArgs& a) {
   return 0;
 }
 
+// The per-class table of `autorep eval`: accuracy and samples per class, and with a reference
+// its accuracy and the drop.
+void print_class_table(const nlohmann::json& report, const nlohmann::json* reference) {
+  size_t width = 5;
+  for (const auto& e : report.at("per_class")) width = std::max(width, e.at("class").get<std::string>().size());
+  auto pct = [](const nlohmann::json& v) { return v.is_null() ? std::string("-") : fixed(100.0 * v.get<double>(), 2) + "%"; };
+  std::cout << std::left << std::setw(static_cast<int>(width)) << "class" << std::right << std::setw(10) << "accuracy"
+            << std::setw(9) << "samples";
+  if (reference) std::cout << std::setw(10) << "reference" << std::setw(9) << "drop";
+  std::cout << "\n";
+  const auto& rows = report.at("per_class");
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const auto& e = rows[i];
+    std::cout << std::left << std::setw(static_cast<int>(width)) << e.at("class").get<std::string>() << std::right
+              << std::setw(10) << pct(e.at("accuracy")) << std::setw(9) << e.at("samples").get<int64_t>();
+    if (reference)
+      std::cout << std::setw(10) << pct(reference->at("per_class")[i].at("accuracy")) << std::setw(9)
+                << (e.contains("drop") ? fixed(100.0 * e.at("drop").get<double>(), 2) : std::string("-"));
+    std::cout << "\n";
+  }
+  std::cout << class_summary(report) << "\n";
+}
+
 int cmd_eval(const std::string& checkpoint, const std::string& data_path, const std::string& device,
-             int64_t threads) {
+             int64_t threads, const std::string& against) {
   configure_threads(threads < 0 ? 0 : threads);
   LoadedModel lm = load_model(checkpoint);
   DataOptions d = data::test_split_options(lm.config.data);
@@ -75,12 +99,28 @@ int cmd_eval(const std::string& checkpoint, const std::string& data_path, const 
   const torch::Device dev = resolve_device(device);
   lm.model->to(dev);
   const EvalResult r = evaluate(*lm.model, data, data.test, dev, d.eval_batch_size);
+  std::optional<EvalResult> ref;
+  if (!against.empty()) {
+    LoadedModel rm = load_model(against);
+    if (rm.model->spec().input_shape != lm.model->spec().input_shape || rm.model->spec().classes != lm.model->spec().classes)
+      throw std::runtime_error("eval: --against " + against + " takes other inputs or classes than " + checkpoint);
+    rm.model->to(dev);
+    ref = evaluate(*rm.model, data, data.test, dev, d.eval_batch_size);
+  }
+  const nlohmann::json report = class_report(r, data, ref ? &*ref : nullptr);
+  const nlohmann::json ref_report = ref ? class_report(*ref, data) : nlohmann::json();
+  print_class_table(report, ref ? &ref_report : nullptr);
   std::cout << std::fixed << std::setprecision(2) << "test accuracy " << 100.0 * r.accuracy << "% ("
             << r.samples << " samples, loss " << std::setprecision(4) << r.loss;
   if (r.nonfinite > 0) std::cout << ", " << r.nonfinite << " with non-finite logits counted wrong";
   std::cout << "), ReLUs "
             << layers::kept_relus(lm.model->sites()) << "/" << layers::total_relus(lm.model->sites()) << "\n";
-  std::cout << "accuracy=" << std::setprecision(4) << r.accuracy << "\n";
+  std::cout << "accuracy=" << std::setprecision(4) << r.accuracy;
+  if (!report.at("worst_class").is_null())
+    std::cout << " worst_class_accuracy=" << report.at("worst_class_accuracy").get<double>();
+  if (report.contains("max_class_drop") && !report.at("max_class_drop").is_null())
+    std::cout << " max_class_drop=" << report.at("max_class_drop").get<double>();
+  std::cout << "\n";
   return 0;
 }
 
@@ -178,16 +218,18 @@ void add_training_commands(CLI::App& app, Commands& out) {
   out.push_back({train, [ta] { return cmd_train(*ta); }});
 
   struct EvalArgs {
-    std::string checkpoint, data, device = "auto";
+    std::string checkpoint, data, device = "auto", against;
     int64_t threads = -1;
   };
   auto ea = std::make_shared<EvalArgs>();
-  auto* eval = app.add_subcommand("eval", "Report the test accuracy of a checkpoint");
+  auto* eval = app.add_subcommand("eval", "Report the test accuracy of a checkpoint, overall and per class");
   eval->add_option("--checkpoint", ea->checkpoint, "Checkpoint file (.pt)")->required();
   eval->add_option("--data", ea->data, "Folder of the data set (default: the one in the checkpoint's config)");
   eval->add_option("--device", ea->device, "auto | cpu | cuda")->check(CLI::IsMember({"auto", "cpu", "cuda"}));
   eval->add_option("--threads", ea->threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
-  out.push_back({eval, [ea] { return cmd_eval(ea->checkpoint, ea->data, ea->device, ea->threads); }});
+  eval->add_option("--against", ea->against,
+                   "A reference checkpoint (e.g. the teacher) evaluated on the same images: each class's drop");
+  out.push_back({eval, [ea] { return cmd_eval(ea->checkpoint, ea->data, ea->device, ea->threads, ea->against); }});
 
   struct CountArgs {
     std::string model, input = "3x32x32";

@@ -7,6 +7,7 @@
 #include "trainer/data/dataset.h"
 #include "trainer/engine/config.h"
 #include "trainer/engine/device.h"
+#include "trainer/engine/class_report.h"
 #include "trainer/engine/evaluate.h"
 #include "trainer/engine/loop.h"
 #include "trainer/engine/run_result.h"

@@ -37,10 +37,26 @@ std::optional<RecordedAccuracy> recorded_accuracy(const std::string& checkpoint,
       RecordedAccuracy a;
       a.test = j.at("test_accuracy").get<double>();
       if (j.contains("val_accuracy") && j.at("val_accuracy").is_number()) a.val = j.at("val_accuracy").get<double>();
+      if (j.contains("test_per_class") && j.at("test_per_class").is_object()) a.per_class = j.at("test_per_class");
       found = a;
     }
   }
   return found;
+}
+
+// A class_report's per_class list as the export's entries.
+std::vector<exports::ClassAccuracy> class_accuracies(const nlohmann::json& report) {
+  std::vector<exports::ClassAccuracy> out;
+  if (!report.is_object() || !report.contains("per_class") || !report.at("per_class").is_array()) return out;
+  for (const auto& e : report.at("per_class")) {
+    exports::ClassAccuracy c;
+    c.name = e.value("class", std::string());
+    if (e.contains("accuracy") && e.at("accuracy").is_number()) c.accuracy = e.at("accuracy").get<double>();
+    c.samples = e.value("samples", int64_t{0});
+    if (e.contains("drop") && e.at("drop").is_number()) c.drop = e.at("drop").get<double>();
+    out.push_back(c);
+  }
+  return out;
 }
 
 exports::ExportInfo export_info(const LoadedModel& lm, const std::string& checkpoint, const ExportOptions& options) {
@@ -70,6 +86,7 @@ exports::ExportInfo export_info(const LoadedModel& lm, const std::string& checkp
   if (auto acc = recorded_accuracy(checkpoint, lm.state)) {
     info.accuracy = acc->test;
     info.val_accuracy = acc->val;
+    info.per_class = class_accuracies(acc->per_class);
     info.accuracy_source = "metrics.jsonl, epoch " + std::to_string(lm.state.at("epoch").get<int64_t>());
   } else if (options.evaluate) {
     try {
@@ -80,6 +97,7 @@ exports::ExportInfo export_info(const LoadedModel& lm, const std::string& checkp
       const EvalResult r = evaluate(*lm.model, data, data.test, dev, d.eval_batch_size);
       lm.model->to(torch::kCPU);
       info.accuracy = r.accuracy;
+      info.per_class = class_accuracies(engine::class_report(r, data));
       info.accuracy_source = "evaluated on " + std::to_string(r.samples) + " test samples";
     } catch (const std::exception& e) {
       if (!options.quiet)
@@ -116,19 +134,26 @@ nlohmann::json export_checkpoint(const std::string& checkpoint, const std::strin
       if (!options.quiet) std::cerr << "autorep: warning: value ranges not recorded (" << e.what() << ")\n";
     }
   }
-  nlohmann::json onnx;  // null without options.onnx_path
+  nlohmann::json onnx, onnx_error;  // null without options.onnx_path
   if (!options.onnx_path.empty()) {
     deploy::OnnxOptions o;
     o.keep_batchnorm = options.keep_batchnorm;
-    const deploy::OnnxSummary g = deploy::export_onnx(lm, doc, options.onnx_path, o);
-    onnx = {{"path", g.path}, {"opset", deploy::kOnnxOpset}, {"nodes", g.nodes}, {"parameters", g.parameters},
-            {"bytes", g.bytes}};
+    try {
+      const deploy::OnnxSummary g = deploy::export_onnx(lm, doc, options.onnx_path, o);
+      onnx = {{"path", g.path}, {"opset", deploy::kOnnxOpset}, {"nodes", g.nodes}, {"parameters", g.parameters},
+              {"bytes", g.bytes}};
+    } catch (const std::exception& e) {
+      // The mask export does not depend on the graph.
+      if (!options.onnx_optional) throw;
+      onnx_error = e.what();
+    }
   }
   // What is written must read back: a bug here is caught before an engine sees the file.
   exports::parse_export(doc, out_path.empty() ? options.onnx_path : out_path);
   if (!out_path.empty()) exports::write_export(out_path, doc);
   return {{"path", out_path},
           {"onnx", onnx},
+          {"onnx_error", onnx_error},
           {"kept", doc["budget"]["kept"]},
           {"total", doc["budget"]["total"]},
           {"target", doc["budget"]["target"]},

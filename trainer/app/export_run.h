@@ -30,12 +30,16 @@ struct ExportOptions {
   /// Record every site's input and output range over the first N training images (the
   /// per-site "range" of the export; 0 = not recorded). Without the data set: a warning.
   int64_t range_images = 10000;
+  /// A failure of the ONNX step does not stop the mask export: the summary's "onnx" is then
+  /// null and "onnx_error" says why (what a training run's own export wants).
+  bool onnx_optional = false;
 };
 
 /// The test (and, with a validation split, validation) accuracy of a checkpoint's epoch.
 struct RecordedAccuracy {
   double test = 0;
   std::optional<double> val;
+  nlohmann::json per_class;  ///< the record's test_per_class (engine::class_report), null if none
 };
 
 /// Where a checkpoint's accuracy comes from: the eval record of metrics.jsonl (in the run

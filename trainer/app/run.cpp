@@ -24,15 +24,14 @@ engine::RunResult train_run(const engine::Config& config, const engine::RunOptio
       const std::string path = (dir / "mask.json").string(), log = (std::filesystem::path(r.out_dir) / "log.txt").string();
       ExportOptions eo;
       if (deploy::onnx_available()) eo.onnx_path = (dir / "model.onnx").string();
-      try {
-        r.summary = export_checkpoint(r.best_checkpoint, path, eo);
-      } catch (const std::exception& e) {
-        if (eo.onnx_path.empty()) throw;
-        // The mask export does not depend on the graph: write it, and say why the graph is missing.
-        const std::string line = "export: warning: " + eo.onnx_path + " not written (" + e.what() + ")";
+      eo.onnx_optional = true;
+      r.summary = export_checkpoint(r.best_checkpoint, path, eo);
+      if (!r.summary["onnx_error"].is_null()) {
+        // The mask is written; say why the graph is missing.
+        const std::string line =
+            "export: warning: " + eo.onnx_path + " not written (" + r.summary["onnx_error"].get<std::string>() + ")";
         util::append_line(log, line);
         if (!options.quiet) std::cerr << line << std::endl;
-        r.summary = export_checkpoint(r.best_checkpoint, path);
       }
       std::string line = "export: " + path + " (" + std::to_string(r.summary.value("kept", int64_t{0})) + " of " +
                          std::to_string(r.summary.value("total", int64_t{0})) + " ReLUs kept, budget " +

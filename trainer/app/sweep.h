@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -76,6 +77,9 @@ struct SweepRow {
   double val_accuracy = -1.0;  ///< its validation accuracy, what it was selected on (-1: no split)
   int64_t skipped_steps = -1;  ///< steps the spike guard skipped (-1: unknown)
   int64_t search_end_kept = -1;  ///< autorep: ReLUs kept when the search ended (-1: not autorep)
+  double worst_class_accuracy = -1.0;  ///< test accuracy of its worst class (-1: not recorded)
+  std::string worst_class;             ///< that class's name
+  std::optional<double> max_class_drop;  ///< the largest per-class drop against the teacher
   double seconds = -1.0;     ///< wall time of the run, all processes together
   std::string run_dir;
   std::string export_path;

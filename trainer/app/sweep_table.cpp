@@ -70,6 +70,21 @@ std::string config_difference(const fs::path& run_dir, const Config& config) {
   return diff.empty() ? std::string("?") : diff.at(0).value("path", std::string("?"));
 }
 
+// A row's worst-class accuracy in percent for the plot data ("nan": gnuplot leaves it out).
+std::string worst_percent(const SweepRow& r) {
+  return r.worst_class_accuracy >= 0 ? fixed(100.0 * r.worst_class_accuracy, 4) : std::string("nan");
+}
+
+// worst_class, worst_class_accuracy and max_class_drop of a result.json (absent in runs
+// written before per-class accuracy was recorded).
+void read_class_fields(const nlohmann::json& r, SweepRow& row) {
+  if (r.contains("worst_class_accuracy") && r.at("worst_class_accuracy").is_number())
+    row.worst_class_accuracy = r.at("worst_class_accuracy").get<double>();
+  if (r.contains("worst_class") && r.at("worst_class").is_string()) row.worst_class = r.at("worst_class").get<std::string>();
+  if (r.contains("max_class_drop") && r.at("max_class_drop").is_number())
+    row.max_class_drop = r.at("max_class_drop").get<double>();
+}
+
 // The state of a run folder, as a table row.
 SweepRow inspect_run(const PlannedRun& p, const fs::path& out) {
   SweepRow row;
@@ -88,6 +103,7 @@ SweepRow inspect_run(const PlannedRun& p, const fs::path& out) {
       row.val_accuracy = r.value("val_accuracy", -1.0);
       row.skipped_steps = r.value("skipped_steps", int64_t{-1});
       row.search_end_kept = r.value("search_end_kept", int64_t{-1});
+      read_class_fields(r, row);
       row.seconds = r.value("seconds", -1.0);
       const std::string ex = r.value("export_path", std::string());
       if (!ex.empty()) row.export_path = (fs::path(p.name) / ex).string();
@@ -131,6 +147,7 @@ SweepRow inspect_teacher(const fs::path& dir) {
     row.accuracy = r.value("accuracy", -1.0);
     row.val_accuracy = r.value("val_accuracy", -1.0);
     row.skipped_steps = r.value("skipped_steps", int64_t{-1});
+    read_class_fields(r, row);
     row.seconds = r.value("seconds", -1.0);
     row.export_path = r.value("checkpoint", std::string());
     if (!row.export_path.empty()) row.export_path = (fs::path("teacher") / row.export_path).string();
@@ -188,7 +205,7 @@ void write_plot(const fs::path& out, const std::vector<SweepRow>& rows, const st
   }
   std::ostringstream dat;
   dat << "# Pareto data of the sweep in this folder (drawn by sweep-plot.gp)\n"
-         "# one block per method; columns: relu_count accuracy_percent budget\n";
+         "# one block per method; columns: relu_count accuracy_percent budget worst_class_accuracy_percent\n";
   std::vector<std::string> plots;
   int block = 0;
   for (const auto& m : methods) {
@@ -196,19 +213,25 @@ void write_plot(const fs::path& out, const std::vector<SweepRow>& rows, const st
     std::stable_sort(v.begin(), v.end(),
                      [](const SweepRow* a, const SweepRow* b) { return a->relu_count < b->relu_count; });
     dat << "# " << m << "\n";
-    for (const auto* r : v) dat << r->relu_count << " " << fixed(100.0 * r->accuracy, 4) << " " << r->budget << "\n";
+    for (const auto* r : v) dat << r->relu_count << " " << fixed(100.0 * r->accuracy, 4) << " " << r->budget << " " << worst_percent(*r) << "\n";
     dat << "\n\n";
     plots.push_back("'sweep-plot.dat' index " + std::to_string(block++) +
                     " using 1:2 with linespoints linewidth 2 pointtype 7 title " + gp_string(m));
   }
   if (teacher != nullptr) {
     dat << "# teacher (all ReLUs)\n"
-        << teacher->relu_count << " " << fixed(100.0 * teacher->accuracy, 4) << " all\n\n\n";
+        << teacher->relu_count << " " << fixed(100.0 * teacher->accuracy, 4) << " all " << worst_percent(*teacher)
+        << "\n\n\n";
     plots.push_back("'sweep-plot.dat' index " + std::to_string(block++) +
                     " using 1:2 with points pointtype 5 pointsize 1.5 linecolor rgb 'black' title 'teacher (all ReLUs)'");
   }
-  std::string plot_cmd = "plot ";
-  for (size_t i = 0; i < plots.size(); ++i) plot_cmd += (i ? ", \\\n     " : "") + plots[i];
+  std::string plot_cmd = "plot ", worst_cmd = "plot ";
+  for (size_t i = 0; i < plots.size(); ++i) {
+    plot_cmd += (i ? ", \\\n     " : "") + plots[i];
+    std::string w = plots[i];
+    w.replace(w.find("using 1:2"), 9, "using 1:4");
+    worst_cmd += (i ? ", \\\n     " : "") + w;
+  }
 
   std::ostringstream gp;
   gp << "# Pareto plot of this sweep: test accuracy against ReLUs kept per sample, log x axis.\n"
@@ -226,6 +249,15 @@ void write_plot(const fs::path& out, const std::vector<SweepRow>& rows, const st
      << plot_cmd << "\n"
      << "set terminal svg size 960,640 dynamic\n"
         "set output 'pareto.svg'\n"
+        "replot\n"
+        "set output\n"
+        "# The same against the worst class's test accuracy (who pays for fewer ReLUs).\n"
+        "set ylabel 'worst-class test accuracy (%)'\n"
+        "set terminal png size 960,640\n"
+        "set output 'pareto-worst-class.png'\n"
+     << worst_cmd << "\n"
+     << "set terminal svg size 960,640 dynamic\n"
+        "set output 'pareto-worst-class.svg'\n"
         "replot\n"
         "set output\n";
   util::write_file_atomic((out / "sweep-plot.dat").string(), dat.str());
@@ -251,7 +283,7 @@ void write_plot(const fs::path& out, const std::vector<SweepRow>& rows, const st
 std::string sweep_csv(const std::vector<SweepRow>& rows) {
   std::ostringstream s;
   s << "method,budget,relu_count,accuracy,seconds,run_dir,export_path,status,error,val_accuracy,skipped_steps,"
-       "search_end_kept\n";
+       "search_end_kept,worst_class_accuracy,worst_class,max_class_drop\n";
   for (const auto& r : rows) {
     s << sweep_detail::csv_field(r.method) << "," << sweep_detail::csv_field(r.budget) << ","
       << (r.relu_count >= 0 ? std::to_string(r.relu_count) : std::string()) << ","
@@ -260,7 +292,10 @@ std::string sweep_csv(const std::vector<SweepRow>& rows) {
       << sweep_detail::csv_field(r.export_path) << "," << r.status << "," << sweep_detail::csv_field(r.error) << ","
       << (r.val_accuracy >= 0 ? fixed(r.val_accuracy, 6) : std::string()) << ","
       << (r.skipped_steps >= 0 ? std::to_string(r.skipped_steps) : std::string()) << ","
-      << (r.search_end_kept >= 0 ? std::to_string(r.search_end_kept) : std::string()) << "\n";
+      << (r.search_end_kept >= 0 ? std::to_string(r.search_end_kept) : std::string()) << ","
+      << (r.worst_class_accuracy >= 0 ? fixed(r.worst_class_accuracy, 6) : std::string()) << ","
+      << sweep_detail::csv_field(r.worst_class) << ","
+      << (r.max_class_drop ? fixed(*r.max_class_drop, 6) : std::string()) << "\n";
   }
   return s.str();
 }

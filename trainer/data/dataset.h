@@ -6,6 +6,7 @@
 #include <torch/types.h>
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -30,6 +31,21 @@ struct DataOptions {
   /// Seed of the permutation that picks the validation images: its own key, not train.seed, so a
   /// teacher and the students trained from it at any seed hold out the same images.
   int64_t split_seed = 0;
+  /// Named groups of classes whose accuracy is reported (and equalised by search.fairness):
+  /// group name -> its classes, by name or label index. Classes no group names form "other".
+  /// Empty: every class is its own group.
+  std::map<std::string, std::vector<std::string>> groups;
+  /// Keeps only this fraction (0, 1] of a class's training images (class name or label index ->
+  /// fraction), chosen by a permutation seeded from split_seed, after the validation split is
+  /// held out: the imbalanced settings of the fairness studies. The test split is never touched.
+  std::map<std::string, double> class_fraction;
+};
+
+/// The groups of a data set's classes (data.groups resolved against its class names).
+struct ClassGroups {
+  std::vector<std::string> names;   ///< one per group: the class names without data.groups
+  std::vector<int64_t> of_class;    ///< the group index of each class
+  bool by_class = true;             ///< no data.groups: group i is class i
 };
 
 /// One split of a data set, held in memory.
@@ -46,6 +62,10 @@ struct DataSplits {
   Dataset val;   ///< held out of the training images (empty without data.val_split)
   Dataset test;
   int64_t classes = 0;
+  /// One per class, in label order (Fashion-MNIST's and CIFAR's label names, an image folder's
+  /// folder names, the label index where a data set has none).
+  std::vector<std::string> class_names;
+  ClassGroups groups;
   std::vector<int64_t> input_shape;  ///< C, H, W
   std::vector<float> mean;           ///< per channel, in [0,1] pixel units
   std::vector<float> std;
@@ -56,6 +76,20 @@ struct DataSplits {
 /// The options that load only what the test split needs (autorep eval, verify, an export's
 /// accuracy): one training image and no validation split, whatever the run held out.
 DataOptions test_split_options(DataOptions options);
+
+/// The label names of a built-in data set ("fashion-mnist", "mnist", "cifar10", "cifar100"),
+/// empty for others.
+std::vector<std::string> builtin_class_names(const std::string& dataset);
+/// The label of a class given by name or by label index; throws naming `what` otherwise.
+int64_t resolve_class(const std::string& key, const std::vector<std::string>& names, const std::string& what);
+/// data.groups resolved against the class names; throws for an unknown class, a class in two
+/// groups, an empty group or a group named "other".
+ClassGroups resolve_groups(const std::map<std::string, std::vector<std::string>>& groups,
+                           const std::vector<std::string>& class_names);
+/// Applies data.class_fraction to `train` (keeping the images' order); returns how many images
+/// it removed. Throws for a fraction outside (0, 1] or an unknown class.
+int64_t subsample_classes(Dataset& train, const std::map<std::string, double>& fractions,
+                          const std::vector<std::string>& class_names, uint64_t seed);
 
 /// Default data folder for a data set name (e.g. /usr/share/datasets/fashion-mnist).
 std::string default_data_path(const std::string& name);

@@ -197,6 +197,7 @@ void load_image_folder(const DataOptions& options, const std::string& path, Data
   out.train = decode_folder(train, options.image_size, &height, &width);
   out.test = decode_folder(test, options.image_size, &height, &width);
   out.classes = static_cast<int64_t>(classes.size());
+  out.class_names = classes;
 
   // Per-channel statistics of the training images; per-sample partial sums keep the result
   // independent of the thread count.

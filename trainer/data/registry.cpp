@@ -170,8 +170,14 @@ DataSplits load_dataset(const DataOptions& options) {
   TORCH_INTERNAL_ASSERT(static_cast<int64_t>(out.mean.size()) == out.input_shape[0] && out.mean.size() == out.std.size());
   out.crop_padding = options.crop_padding >= 0 ? options.crop_padding : spec.crop_padding;
   out.flip = options.flip >= 0 ? options.flip == 1 : spec.flip;
+  if (out.class_names.empty()) out.class_names = builtin_class_names(spec.name);
+  for (int64_t c = static_cast<int64_t>(out.class_names.size()); c < out.classes; ++c)
+    out.class_names.push_back(std::to_string(c));
+  out.class_names.resize(out.classes);
+  out.groups = resolve_groups(options.groups, out.class_names);
   const int64_t val = val_split_size(options, out.train.size());
   if (val > 0) hold_out_validation(out, val, static_cast<uint64_t>(options.split_seed));
+  subsample_classes(out.train, options.class_fraction, out.class_names, static_cast<uint64_t>(options.split_seed));
   return out;
 }
 

@@ -70,6 +70,14 @@ inline std::pair<torch::Tensor, torch::Tensor> folded_conv(const torch::nn::Conv
   return {w, b};
 }
 
+/// Whether any channel of a site's polynomial has a quadratic term (else the graph needs no x*x).
+template <typename Site>
+bool has_quadratic(const Site& s) {
+  for (double v : s.c2)
+    if (v != 0.0) return true;
+  return false;
+}
+
 /// Whether a site's polynomial is exactly the identity (0 + 1*x + 0*x^2 in every channel).
 template <typename Site>
 bool is_identity(const Site& s) {

@@ -135,7 +135,7 @@ class GraphEvaluator::Sink : public models::GraphSink {
     if (s.kind == "conv") shape.insert(shape.end(), {1, 1});
     auto coef = [&](const std::vector<double>& v) { return weight(torch::tensor(v, torch::kDouble)).view(shape); };
     torch::Tensor y = round(x * coef(s.c1)) + coef(s.c0);
-    const bool quadratic = std::any_of(s.c2.begin(), s.c2.end(), [](double v) { return v != 0.0; });
+    const bool quadratic = detail::has_quadratic(s);
     if (quadratic) y = y + round(round(x * x) * coef(s.c2));
     return y;
   }

@@ -30,12 +30,6 @@ std::vector<float> floats_of(const torch::Tensor& t) {
 
 std::vector<int64_t> dims_of(const torch::Tensor& t) { return t.sizes().vec(); }
 
-bool all_equal(const std::vector<double>& v, double value) {
-  for (double x : v)
-    if (x != value) return false;
-  return true;
-}
-
 class OnnxWriter : public GraphSink {
  public:
   OnnxWriter(models::NetImpl& net, const exports::MaskExport& ex, const OnnxOptions& options, onnx::GraphProto& graph)
@@ -157,7 +151,7 @@ class OnnxWriter : public GraphSink {
 
   /// c0 + c1*x + c2*x*x per channel (conv sites) or per feature (linear sites).
   Value polynomial(const Value& x, const exports::ExportSite& s) {
-    const bool quadratic = !all_equal(s.c2, 0.0);
+    const bool quadratic = detail::has_quadratic(s);
     auto tensor = [](const std::vector<double>& v) { return torch::tensor(v, torch::kDouble); };
     Value lin, quad;
     if (s.kind == "conv") {

@@ -14,7 +14,7 @@
 namespace autorep::trainer::data {
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(DataOptions, name, path, batch_size, eval_batch_size,
                                                 crop_padding, flip, image_size, limit_train, limit_test, val_split,
-                                                split_seed)
+                                                split_seed, groups, class_fraction)
 }  // namespace autorep::trainer::data
 
 namespace autorep::trainer::engine {
@@ -24,6 +24,11 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(OptimOptions, name, lr, momentum
                                                 beta1, beta2, schedule, warmup_epochs, min_lr,
                                                 grad_clip)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(KdConfig, temperature, weight, teacher_dtype)
+}  // namespace autorep::trainer::engine
+namespace autorep::search {
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(FairnessOptions, enabled, mu, tolerance, search)
+}  // namespace autorep::search
+namespace autorep::trainer::engine {
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(TrainOptions, epochs, seed, label_smoothing, threads, device,
                                                 checkpoint_interval_s, log_every, eval_every, skip_spikes)
 
@@ -32,7 +37,7 @@ namespace {
 using util::json_fail;
 
 const std::vector<std::string> kSearchKeys = {"budget",       "teacher",        "search_epochs", "aux_lr",
-                                              "search_optim", "finetune_optim", "kd"};
+                                              "search_optim", "finetune_optim", "kd",        "fairness"};
 
 }  // namespace
 
@@ -46,6 +51,7 @@ void to_json(nlohmann::json& j, const SearchOptions& s) {
   j["search_optim"] = s.search_optim;
   j["finetune_optim"] = s.finetune_optim;
   j["kd"] = s.kd;
+  j["fairness"] = s.fairness;
 }
 
 void from_json(const nlohmann::json& j, SearchOptions& s) {
@@ -57,6 +63,7 @@ void from_json(const nlohmann::json& j, SearchOptions& s) {
   s.search_optim = j.value("search_optim", d.search_optim);
   s.finetune_optim = j.value("finetune_optim", d.finetune_optim);
   s.kd = j.value("kd", d.kd);
+  s.fairness = j.value("fairness", d.fairness);
   s.method_keys = nlohmann::json::object();
   for (auto it = j.begin(); it != j.end(); ++it)
     if (std::find(kSearchKeys.begin(), kSearchKeys.end(), it.key()) == kSearchKeys.end())
@@ -94,6 +101,35 @@ const MethodSchema* ConfigSchema::find(const std::string& name) const {
 
 namespace {
 
+// data.groups ({"name": [class, ...]}) and data.class_fraction ({"class": fraction}): objects
+// whose keys the user names. Classes may be names or label indices; indices become strings.
+nlohmann::json free_form_map(const nlohmann::json& v, const std::string& path, const std::string& source) {
+  if (!v.is_object()) json_fail(source, path, "expected an object, got " + v.dump());
+  const bool groups = path == "data.groups";
+  auto class_key = [&](const nlohmann::json& c, const std::string& at) -> std::string {
+    if (c.is_string()) return c.get<std::string>();
+    if (c.is_number_integer() || c.is_number_unsigned()) return std::to_string(c.get<int64_t>());
+    json_fail(source, at, "expected a class name or label index, got " + c.dump());
+  };
+  nlohmann::json out = nlohmann::json::object();
+  for (auto it = v.begin(); it != v.end(); ++it) {
+    const std::string at = path + "." + it.key();
+    if (groups) {
+      if (!it.value().is_array()) json_fail(source, at, "expected a list of classes, got " + it.value().dump());
+      nlohmann::json members = nlohmann::json::array();
+      for (size_t i = 0; i < it.value().size(); ++i)
+        members.push_back(class_key(it.value()[i], at + "[" + std::to_string(i) + "]"));
+      out[it.key()] = members;
+    } else {
+      if (!it.value().is_number()) json_fail(source, at, "expected a fraction in (0, 1], got " + it.value().dump());
+      const double f = it.value().get<double>();
+      if (!(f > 0 && f <= 1)) json_fail(source, at, "expected a fraction in (0, 1], got " + it.value().dump());
+      out[it.key()] = f;
+    }
+  }
+  return out;
+}
+
 // Merges `user` into `base` (the defaults), refusing keys that base does not have and values whose
 // type does not match the default's. Keys starting with '_' are comments and are ignored.
 void merge_checked(nlohmann::json& base, const nlohmann::json& user, const std::string& path,
@@ -113,6 +149,10 @@ void merge_checked(nlohmann::json& base, const nlohmann::json& user, const std::
       if (!(v.is_number_integer() || v.is_number_unsigned() || v.is_string()))
         json_fail(source, p, "expected a ReLU count (integer) or a percentage string like \"3%\", got " + v.dump());
       b = v;
+      continue;
+    }
+    if (p == "data.groups" || p == "data.class_fraction") {
+      b = free_form_map(v, p, source);
       continue;
     }
     if (b.is_object()) {
@@ -214,6 +254,11 @@ void validate(const Config& c, const ConfigSchema& schema, const std::string& so
   if (c.train.skip_spikes != 0 && !(c.train.skip_spikes > 1))
     json_fail(source, "train.skip_spikes", "must be 0 (off) or a factor > 1");
   if (c.search.kd.temperature <= 0) json_fail(source, "search.kd.temperature", "must be positive");
+  if (!(c.search.fairness.mu >= 0) || !std::isfinite(c.search.fairness.mu))
+    json_fail(source, "search.fairness.mu", "expected a finite value >= 0, got " + util::short_number(c.search.fairness.mu));
+  if (!(c.search.fairness.tolerance >= 0) || !std::isfinite(c.search.fairness.tolerance))
+    json_fail(source, "search.fairness.tolerance",
+              "expected a finite value >= 0, got " + util::short_number(c.search.fairness.tolerance));
   util::check_one_of(source, "search.kd.teacher_dtype", c.search.kd.teacher_dtype, {"float32", "bfloat16"});
   const MethodSchema* method = schema.find(c.method);
   auto reads = [&](const std::string& key) {

@@ -16,6 +16,7 @@
 
 #include "layers/gate.h"
 #include "search/budget.h"
+#include "search/fairness.h"
 #include "trainer/data/dataset.h"
 
 namespace autorep::trainer::engine {
@@ -63,6 +64,8 @@ struct SearchOptions {
   /// Polynomial sites make freshly masked models fragile: the finetune clips gradients.
   OptimOptions finetune_optim{"sgd", 0.01, 0.9, true, 5e-4, 0.9, 0.999, "cosine", 0.0, 0.0, 5.0};
   KdConfig kd;
+  /// `search.fairness`: the group-fair finetune (search/fairness.h).
+  search::FairnessOptions fairness;
   /// The methods' own keys of this section with their values (every registered method's, so one
   /// config serves a sweep over methods).
   nlohmann::json method_keys = nlohmann::json::object();

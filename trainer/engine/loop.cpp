@@ -16,7 +16,7 @@
 #include "trainer/engine/checkpoint.h"
 #include "trainer/engine/device.h"
 #include "trainer/engine/distributed.h"
-#include "trainer/engine/evaluate.h"
+#include "trainer/engine/epoch_eval.h"
 #include "trainer/engine/optim.h"
 #include "trainer/engine/replicas.h"
 #include "trainer/engine/reporter.h"
@@ -141,6 +141,7 @@ class TrainingRun {
     ctx_.device = device_;
     ctx_.data = &data_;
     ctx_.out_dir = options_.out_dir;
+    ctx_.group = group_;
     ctx_.log = [this](const std::string& s) { report_->line(s); };
     // Gates combine their batch statistics across processes.
     if (group_) layers::set_moment_reducer(*ctx_.model, [g = group_](torch::Tensor& t) { g->allreduce_sum(t); });
@@ -154,6 +155,8 @@ class TrainingRun {
                                std::to_string(data_.train.size()) + " samples)");
 
     method_.prepare(ctx_, options_.resume);
+    evaluator_ = std::make_unique<EpochEvaluator>(data_, device_, config_.data.eval_batch_size, group_);
+    if (models::NetImpl* reference = method_.reference_model()) report_->line(evaluator_->set_reference(*reference));
     phases_ = method_.phases();
     current_phase_ = phases_.size();
     if (options_.resume) restore();
@@ -187,6 +190,7 @@ class TrainingRun {
     best_acc_ = s.at("best_accuracy");
     best_test_acc_ = s.value("best_test_accuracy", best_acc_);
     best_val_acc_ = s.value("best_val_accuracy", -1.0);
+    best_class_report_ = s.value("best_per_class", nlohmann::json());
     saved_phase_ = s.at("phase");
     elapsed_before_ = s.value("seconds", 0.0);
     method_.load_state(s.at("method"));
@@ -239,6 +243,7 @@ class TrainingRun {
             {"best_accuracy", best_acc_},
             {"best_test_accuracy", best_test_acc_},
             {"best_val_accuracy", best_val_acc_},
+            {"best_per_class", best_class_report_},
             {"seconds", elapsed_before_ + std::chrono::duration<double>(Clock::now() - t_start_).count()},
             {"method", method_.state()},
             {"model_spec", models::spec_to_json(spec_)},
@@ -295,7 +300,8 @@ class TrainingRun {
                       ": loss " + util::short_number(s.loss) + " against a running mean of " +
                       util::short_number(guard_.mean()) +
                       ": step skipped, batch-norm statistics restored (train.skip_spikes " +
-                      util::short_number(config_.train.skip_spikes) + ")");
+                      util::short_number(config_.train.skip_spikes) + ")" +
+                      (s.spike_detail.empty() ? "" : "; " + s.spike_detail));
       } else {
         loss_sum_ += s.loss * batch_;
         for (size_t i = 0; i < s.part_names.size(); ++i) {
@@ -365,34 +371,20 @@ class TrainingRun {
          << 100.0 * m["train_accuracy"].get<double>() << "%";
     bool improved = false;
     if (do_eval) {
-      const bool has_val = data_.val.size() > 0;
-      EvalResult val;
-      if (has_val) val = evaluate(*ctx_.model, data_, data_.val, device_, config_.data.eval_batch_size, group_);
-      const EvalResult ev = evaluate(*ctx_.model, data_, data_.test, device_, config_.data.eval_batch_size, group_);
-      last_acc_ = ev.accuracy;
-      nlohmann::json record = {{"type", "eval"},
-                               {"epoch", epoch_ + 1},
-                               {"phase", phase.name()},
-                               {"test_accuracy", ev.accuracy},
-                               {"test_loss", ev.loss},
-                               {"test_nonfinite", ev.nonfinite},
-                               {"kept_relus", m["kept_relus"]}};
-      if (has_val) {
-        record["val_accuracy"] = val.accuracy;
-        record["val_loss"] = val.loss;
-        record["val_nonfinite"] = val.nonfinite;
-        line << " | val acc " << std::setprecision(2) << 100.0 * val.accuracy << "%";
-      }
+      const auto ev = evaluator_->run(*ctx_.model);
+      last_acc_ = ev.test.accuracy;
+      nlohmann::json record = {{"type", "eval"}, {"epoch", epoch_ + 1}, {"phase", phase.name()}};
+      record.update(ev.fields);
+      record["kept_relus"] = m["kept_relus"];
       append_metrics(record);
-      line << " | test loss " << std::setprecision(4) << ev.loss << " acc " << std::setprecision(2)
-           << 100.0 * ev.accuracy << "%";
-      if (ev.nonfinite > 0) line << " (" << ev.nonfinite << " with non-finite logits, counted wrong)";
+      line << ev.text;
       // best.pt is chosen on validation accuracy when there is a validation split.
-      const double score = has_val ? val.accuracy : ev.accuracy;
+      const double score = ev.has_val ? ev.val.accuracy : ev.test.accuracy;
       if (method_.may_be_best(ctx_, phase) && score > best_acc_) {
         best_acc_ = score;
-        best_test_acc_ = ev.accuracy;
-        best_val_acc_ = has_val ? val.accuracy : -1.0;
+        best_test_acc_ = ev.test.accuracy;
+        best_val_acc_ = ev.has_val ? ev.val.accuracy : -1.0;
+        best_class_report_ = ev.test_report;
         improved = true;
       }
     }
@@ -420,6 +412,8 @@ class TrainingRun {
     result_.completed = true;
     result_.best_accuracy = best_test_acc_;
     result_.best_val_accuracy = best_val_acc_;
+    result_.class_report = best_class_report_;
+    result_.teacher_class_report = evaluator_->reference_report();
     result_.final_accuracy = last_acc_;
     result_.skipped_steps = run_skipped_steps_;
     result_.method_state = method_.state();
@@ -469,6 +463,8 @@ class TrainingRun {
   double best_acc_ = -1.0;       // what best.pt is selected on: validation accuracy, else test accuracy
   double best_test_acc_ = -1.0;  // test accuracy of best.pt
   double best_val_acc_ = -1.0;   // validation accuracy of best.pt (-1: no validation split)
+  nlohmann::json best_class_report_;  // per-class test accuracy of best.pt (class_report)
+  std::unique_ptr<EpochEvaluator> evaluator_;
   int64_t correct_ = 0, seen_ = 0;
   nlohmann::json part_sums_ = nlohmann::json::object();  // each loss part summed over this epoch's samples
   int64_t skipped_steps_ = 0;                            // loss spikes skipped this epoch

@@ -35,6 +35,8 @@ struct RunResult {
   int64_t skipped_steps = 0;    ///< steps the spike guard skipped over the whole run
   nlohmann::json method_state;  ///< the method's state at the end (Method::state())
   bool completed = false;       ///< false when stopped early by stop_after_steps
+  nlohmann::json class_report;  ///< per-class test accuracy of best.pt, with drops against the teacher (class_report)
+  nlohmann::json teacher_class_report;  ///< the teacher's on the same split (null without a teacher)
   nlohmann::json summary;       ///< what the command added after training (the export's summary); null if nothing
 };
 

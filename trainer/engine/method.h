@@ -23,6 +23,10 @@ class Optimizer;
 
 namespace autorep::trainer::engine {
 
+namespace dist {
+class Group;
+}
+
 /// What a phase does; its name is what metrics.jsonl and checkpoints record.
 enum class PhaseKind {
   Train,     ///< "train": a baseline's whole run
@@ -65,6 +69,8 @@ struct TrainContext {
   int64_t global_step = 0;  ///< optimiser steps taken so far in the run
   int64_t phase_step = 0;   ///< optimiser steps taken so far in the current phase
   int64_t steps_per_epoch = 0;
+  /// The run's process group (null in a one-process run): what a method reduces across processes.
+  dist::Group* group = nullptr;
   /// Appends a line to the run's log (and the console).
   std::function<void(const std::string&)> log;
 };
@@ -111,6 +117,9 @@ class Method {
   virtual bool may_be_best(const TrainContext& ctx, const Phase& phase) const { return true; }
   /// Method state that must survive a resume (a reduction's resolved budget is its "budget").
   virtual nlohmann::json state() const { return nlohmann::json::object(); }
+  /// The network whose per-class accuracy this run's is compared with (a reduction's teacher),
+  /// on the run's device; null for none. Valid after prepare().
+  virtual models::NetImpl* reference_model() { return nullptr; }
   virtual void load_state(const nlohmann::json& state) {}
 };
 

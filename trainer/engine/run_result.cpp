@@ -9,6 +9,20 @@ namespace autorep::trainer::engine {
 
 namespace fs = std::filesystem;
 
+namespace {
+
+// The per-class keys of result.json: the report of best.pt's test evaluation, its worst class
+// and largest drop at the top level (what sweep.csv reads), and the teacher's report.
+void add_class_report(nlohmann::json& j, const RunResult& r) {
+  if (!r.class_report.is_object()) return;
+  j["per_class"] = r.class_report;
+  for (const char* key : {"worst_class", "worst_class_accuracy", "max_class_drop", "max_class_drop_class"})
+    if (r.class_report.contains(key)) j[key] = r.class_report.at(key);
+  if (r.teacher_class_report.is_object()) j["teacher_per_class"] = r.teacher_class_report;
+}
+
+}  // namespace
+
 nlohmann::json run_result_json(const Config& config, const RunResult& r) {
   if (r.summary.is_null()) {  // nothing was exported: an all-ReLU run
     nlohmann::json j = {{"method", config.method},
@@ -20,6 +34,7 @@ nlohmann::json run_result_json(const Config& config, const RunResult& r) {
                         {"skipped_steps", r.skipped_steps},
                         {"checkpoint", "checkpoints/best.pt"}};
     if (r.best_val_accuracy >= 0) j["val_accuracy"] = r.best_val_accuracy;
+    add_class_report(j, r);
     return j;
   }
   const nlohmann::json& s = r.summary;
@@ -47,6 +62,7 @@ nlohmann::json run_result_json(const Config& config, const RunResult& r) {
     j["val_accuracy"] = r.best_val_accuracy;
   if (r.method_state.is_object() && r.method_state.contains("search_end_kept"))
     j["search_end_kept"] = r.method_state["search_end_kept"];
+  add_class_report(j, r);
   return j;
 }
 

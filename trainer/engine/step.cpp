@@ -6,6 +6,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "layers/gate.h"
 #include "layers/util/text.h"
 #include "trainer/engine/interrupt.h"
 
@@ -39,6 +40,35 @@ std::string describe_divergence(models::NetImpl& model, const LossOutput& loss, 
   }
   out += ". train.skip_spikes skips single outlier batches; if every step spikes, lower the phase's learning "
          "rate (optim, search.search_optim or search.finetune_optim lr)";
+  return out;
+}
+
+std::string describe_spike(models::NetImpl& model, const torch::Tensor& x) {
+  std::vector<std::pair<std::string, layers::GateImpl*>> probed;
+  for (const auto& site : model.sites())
+    if (auto* g = dynamic_cast<layers::GateImpl*>(site.module.get())) probed.emplace_back(site.name, g);
+  if (probed.empty()) return "";
+  for (auto& p : probed) p.second->set_probing(true);
+  {
+    torch::NoGradGuard no_grad;
+    model.forward(x);
+  }
+  const std::pair<std::string, layers::GateImpl*>* first = nullptr;
+  const std::pair<std::string, layers::GateImpl*>* peak = nullptr;
+  for (const auto& p : probed) {
+    p.second->set_probing(false);
+    const auto& pr = p.second->probe();
+    if (first == nullptr && pr.input_sigmas > 20.0) first = &p;
+    if (peak == nullptr || pr.input_sigmas > peak->second->probe().input_sigmas) peak = &p;
+  }
+  auto describe = [](const std::pair<std::string, layers::GateImpl*>& p) {
+    const auto& pr = p.second->probe();
+    return p.first + " (channel " + std::to_string(pr.channel) + ", running sd " + util::short_number(pr.channel_sd) +
+           ": input " + util::short_number(pr.input_sigmas) + " sd from its mean, output up to " +
+           util::short_number(pr.output_peak) + ")";
+  };
+  std::string out = "largest polynomial input at " + describe(*peak);
+  if (first != nullptr && first != peak) out += ", first beyond 20 sd at " + describe(*first);
   return out;
 }
 
@@ -90,6 +120,7 @@ StepOutcome train_step(const StepEnv& env, const Phase& phase, const torch::Tens
   ++ctx.global_step;
   ++ctx.phase_step;
   if (out.skipped) {
+    if (env.describe_spikes) out.spike_detail = describe_spike(*ctx.model, x);
     env.running_stats->restore();
     return out;
   }

@@ -24,6 +24,7 @@ struct StepEnv {
   int64_t global_batch = 0;        ///< samples of the batch over all processes
   dist::Group* group = nullptr;    ///< null in a one-process run
   dist::GradientSync* sync = nullptr;
+  bool describe_spikes = true;     ///< a skipped step says where its activations ran out
 };
 
 /// What one step produced.
@@ -35,6 +36,7 @@ struct StepOutcome {
   /// processes asked to stop].
   torch::Tensor batch_stats;
   std::vector<std::string> part_names;  ///< of the loss parts, in batch_stats order from index 2
+  std::string spike_detail;  ///< a skipped step: where its activations ran out (describe_spike)
 };
 
 /// Takes one step on the batch (x, y) of this process; counts it in ctx->global_step and
@@ -43,6 +45,13 @@ struct StepOutcome {
 /// the guard saw too many spikes in a row), naming the epoch and `step_in_epoch`.
 StepOutcome train_step(const StepEnv& env, const Phase& phase, const torch::Tensor& x, const torch::Tensor& y,
                        int64_t step_in_epoch, double loss_factor = 1.0);
+
+/// Where a batch's activations ran out, for the log line of a skipped step: forwards `x` again
+/// (no graph) with every gate probing, and names the first gate in forward order that saw an
+/// input beyond 20 running standard deviations at a polynomial position, and the gate with the
+/// largest such input, with their output peaks. Changes the running statistics as a training
+/// forward does (the caller restores them). "" for a model without gates.
+std::string describe_spike(models::NetImpl& model, const torch::Tensor& x);
 
 /// What a diverged step looked like, for its error message: the loss parts, how many samples had
 /// non-finite logits, the first parameter that is not finite (by name) or, when all are finite,

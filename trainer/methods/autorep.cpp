@@ -68,6 +68,7 @@ class AutorepMethod : public ReductionMethod {
     return s;
   }
   void load_state(const nlohmann::json& s) override {
+    ReductionMethod::load_state(s);
     lambda_.load_state(s.at("lambda"));
     search_end_kept_ = s.value("search_end_kept", int64_t{-1});
   }

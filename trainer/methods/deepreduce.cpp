@@ -327,7 +327,11 @@ class DeepReduceMethod : public ReductionMethod {
     return groups;
   }
 
-  nlohmann::json state() const override { return {{"budget", budget_}, {"plan", plan_.to_json(stages_)}}; }
+  nlohmann::json state() const override {
+    auto s = ReductionMethod::state();
+    s["plan"] = plan_.to_json(stages_);
+    return s;
+  }
 
  private:
   bool polynomial() const { return options_.replacement == "polynomial"; }

@@ -10,6 +10,7 @@
 #include "layers/util/text.h"
 #include "search/snl.h"
 #include "trainer/engine/checkpoint.h"
+#include "trainer/engine/distributed.h"
 #include "trainer/models/registry.h"
 
 namespace autorep::trainer::methods {
@@ -133,6 +134,16 @@ void ReductionMethod::prepare(TrainContext& ctx, bool resuming) {
   if (!resuming) calibrate_gates(ctx);
   total_ = layers::total_relus(gates_);
   budget_ = config_.search.budget.resolve(total_);
+  if (config_.search.fairness.enabled && ctx.data != nullptr) {
+    const auto& groups = ctx.data->groups;
+    fairness_ = std::make_unique<search::GroupFairness>(static_cast<int64_t>(groups.names.size()), config_.search.fairness);
+    group_of_class_ = torch::tensor(groups.of_class, torch::kLong).to(ctx.device);
+    ctx.log("fairness: " + std::to_string(groups.names.size()) + " groups (" +
+            (groups.by_class ? std::string("the classes") : std::string("data.groups")) + "), mu " +
+            util::short_number(config_.search.fairness.mu) + ", tolerance " +
+            util::short_number(config_.search.fairness.tolerance) + ", in the " +
+            (config_.search.fairness.search ? "search and the finetune" : "finetune"));
+  }
   ctx.log("budget: " + std::to_string(budget_) + " of " + std::to_string(total_) + " ReLUs (" +
           config_.search.budget.json().dump() + "), granularity " +
           layers::granularity_name(config_.gate.granularity()) + ", teacher " + config_.search.teacher +
@@ -194,17 +205,43 @@ std::vector<ParamGroup> ReductionMethod::search_groups(TrainContext& ctx, const 
 LossOutput ReductionMethod::loss(TrainContext& ctx, const torch::Tensor& x, const torch::Tensor& y,
                                  const torch::Tensor& logits) {
   LossOutput out;
-  auto ce = engine::classification_loss(config_, logits, y);
-  auto kd = search::kd_loss(logits, teacher_logits(*kd_teacher_, x), config_.search.kd.temperature);
-  out.loss = ce + config_.search.kd.weight * kd;
-  out.parts = {{"ce", ce.detach()}, {"kd", (config_.search.kd.weight * kd).detach()}};
+  const double w = config_.search.kd.weight;
+  if (!fair_now()) {
+    auto ce = engine::classification_loss(config_, logits, y);
+    auto kd = search::kd_loss(logits, teacher_logits(*kd_teacher_, x), config_.search.kd.temperature);
+    out.loss = ce + w * kd;
+    out.parts = {{"ce", ce.detach()}, {"kd", (w * kd).detach()}};
+  } else {
+    // The same CE + KD per sample, so each group's mean loss can enter the penalty.
+    auto ce = torch::nn::functional::cross_entropy(logits, y,
+                                                   torch::nn::functional::CrossEntropyFuncOptions()
+                                                       .label_smoothing(config_.train.label_smoothing)
+                                                       .reduction(torch::kNone));
+    auto kd = search::kd_loss_per_sample(logits, teacher_logits(*kd_teacher_, x), config_.search.kd.temperature);
+    const auto per_sample = ce + w * kd;
+    const auto penalty = fairness_->penalty(per_sample, group_of_class_.index_select(0, y));
+    out.loss = per_sample.mean() + penalty;
+    out.parts = {{"ce", ce.mean().detach()}, {"kd", (w * kd.mean()).detach()}, {"fairness", penalty.detach()}};
+  }
   add_penalty(ctx, out);
   return out;
 }
 
 void ReductionMethod::after_step(TrainContext&) { layers::cap_curvature(gates_); }
 
+nlohmann::json ReductionMethod::state() const {
+  nlohmann::json s = {{"budget", budget_}};
+  if (fairness_) s["fairness"] = fairness_->state();
+  return s;
+}
+
+void ReductionMethod::load_state(const nlohmann::json& s) {
+  if (fairness_ && s.contains("fairness")) fairness_->load_state(s.at("fairness"));
+}
+
 void ReductionMethod::before_update(TrainContext& ctx) {
+  // Only a step that is taken counts in the multipliers' next step.
+  if (fair_now()) fairness_->commit();
   // A DaPa refit in this step's forward overwrote coefficients: their optimiser moments are stale.
   layers::reset_optimizer_state(*ctx.optimizer, layers::refitted_coefficients(*ctx.model));
 }
@@ -216,6 +253,16 @@ void ReductionMethod::on_epoch_end(TrainContext& ctx, nlohmann::json& m) {
   m["budget"] = budget_;
   m["rho"] = static_cast<double>(layers::kept_relus(ctx.model->sites())) / static_cast<double>(total_);
   m["rho_target"] = rho_target();
+  if (fair_now()) {
+    // Every process adds its batches' violations: the multipliers stay the same everywhere.
+    auto sums = fairness_->epoch_sums();
+    if (ctx.group != nullptr) ctx.group->allreduce_sum(sums);
+    const auto violation = search::GroupFairness::mean_violations(sums);
+    fairness_->dual_step(sums);
+    m["fairness"] = {{"groups", ctx.data->groups.names},
+                     {"mean_violation", violation},
+                     {"multipliers", fairness_->multipliers()}};
+  }
 }
 
 std::string ReductionMethod::progress(TrainContext& ctx) const {

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "layers/gate.h"
+#include "search/fairness.h"
 #include "search/objective.h"
 #include "trainer/engine/method.h"
 #include "trainer/models/net.h"
@@ -61,7 +62,10 @@ class ReductionMethod : public engine::Method {
   void after_step(engine::TrainContext& ctx) override;
   void on_epoch_end(engine::TrainContext& ctx, nlohmann::json& m) override;
   std::string progress(engine::TrainContext& ctx) const override;
-  nlohmann::json state() const override { return {{"budget", budget_}}; }
+  /// {"budget"} and, with search.fairness, {"fairness": multipliers and the epoch's record}.
+  nlohmann::json state() const override;
+  void load_state(const nlohmann::json& state) override;
+  models::NetImpl* reference_model() override { return teacher_.get(); }
 
  protected:
   /// Parameter groups of the search phase (default: every parameter with the phase's settings).
@@ -82,6 +86,14 @@ class ReductionMethod : public engine::Method {
   int64_t total_ = 0;
   int64_t budget_ = 0;       ///< search.budget resolved against total_ (in the run's state)
   bool masks_final_ = false;  ///< true from the finetune on
+  /// search.fairness: the multipliers (null when off) and each class's group on the device.
+  std::unique_ptr<search::GroupFairness> fairness_;
+  torch::Tensor group_of_class_;
+
+ private:
+  /// Whether the fairness penalty applies now (search.fairness on, and the finetune or
+  /// search.fairness.search).
+  bool fair_now() const { return fairness_ && (masks_final_ || config_.search.fairness.search); }
 };
 
 }  // namespace autorep::trainer::methods

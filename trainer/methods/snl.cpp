@@ -68,7 +68,10 @@ class SnlMethod : public ReductionMethod {
     s["l1_weight"] = l1_weight_;
     return s;
   }
-  void load_state(const nlohmann::json& s) override { l1_weight_ = s.at("l1_weight").get<double>(); }
+  void load_state(const nlohmann::json& s) override {
+    ReductionMethod::load_state(s);
+    l1_weight_ = s.at("l1_weight").get<double>();
+  }
 
  protected:
   std::vector<engine::ParamGroup> search_groups(TrainContext& ctx, const Phase& phase) const override {

@@ -217,3 +217,58 @@ TEST_CASE("missing or incompatible teachers are clear errors", "[reduction][conf
   CHECK_THROWS_WITH(load_teacher(c, other), Catch::Contains("search.teacher") && Catch::Contains("must match"));
   CHECK_NOTHROW(load_teacher(c, student));
 }
+
+TEST_CASE("a fair finetune logs its multipliers, resumes them exactly, and every report is per class",
+          "[reduction][fairness]") {
+  if (!have_data()) return;
+  Config c = tiny("autorep");  // two finetune epochs: two dual steps
+  c.train.epochs = 4;
+  c.search.fairness.enabled = true;
+  c.search.fairness.mu = 1.0;
+  const auto a = dir("fair"), b = dir("fair-resumed");
+  REQUIRE(run(c, a).completed);
+  // 7 steps per epoch: stopped in the second finetune epoch (steps 22-28), where the multipliers
+  // of the first one are in force and this epoch's violations are half recorded.
+  REQUIRE_FALSE(run(c, b, 24).completed);
+  REQUIRE(run(c, b, -1, true).completed);
+  const auto ea = autorep::test::read_metrics(a, "epoch"), eb = autorep::test::read_metrics(b, "epoch");
+  REQUIRE(ea.size() == 4);
+  REQUIRE(eb.size() == 4);
+  CHECK_FALSE(ea[1].contains("fairness"));  // the search has no penalty by default
+  for (size_t e = 2; e < 4; ++e) {
+    INFO("epoch " << e + 1);
+    const auto& f = ea[e].at("fairness");
+    REQUIRE(f.at("groups").size() == 10);
+    CHECK(f.at("groups")[9] == "Ankle boot");
+    CHECK(ea[e].at("loss_parts").contains("fairness"));
+    const auto m = f.at("multipliers").get<std::vector<double>>();
+    const auto mb = eb[e].at("fairness").at("multipliers").get<std::vector<double>>();
+    REQUIRE(mb.size() == m.size());
+    for (size_t g = 0; g < m.size(); ++g) CHECK(mb[g] == Approx(m[g]).epsilon(1e-6));
+  }
+  // After the first finetune epoch the multipliers have grown (the groups' losses differ), and
+  // the second epoch's loss carries a non-zero penalty.
+  double sum = 0.0;
+  for (double v : ea[2].at("fairness").at("multipliers").get<std::vector<double>>()) sum += v;
+  CHECK(sum > 0.0);
+  CHECK(ea[3].at("loss_parts").at("fairness").get<double>() > 0.0);
+
+  // Per class everywhere: eval records (with the teacher's drop), result.json, the export.
+  const auto evals = autorep::test::read_metrics(a, "eval");
+  REQUIRE_FALSE(evals.empty());
+  const auto& pc = evals.back().at("test_per_class");
+  REQUIRE(pc.at("per_class").size() == 10);
+  CHECK(pc.at("per_class")[0].at("class") == "T-shirt/top");
+  CHECK(pc.at("per_class")[0].contains("drop"));
+  CHECK(pc.contains("max_class_drop"));
+  CHECK(evals.back().at("val_per_class").at("per_class").size() == 10);
+  const auto result = autorep::test::read_json(a / "result.json");
+  CHECK(result.at("worst_class").is_string());
+  CHECK(result.at("teacher_per_class").at("per_class").size() == 10);
+  const auto ex = autorep::test::read_json(a / "export" / "mask.json");
+  CHECK(ex.at("accuracy").at("per_class").size() == 10);
+  CHECK(ex.at("accuracy").at("worst_class") == result.at("worst_class"));
+  exports::read_export((a / "export" / "mask.json").string());  // the reader accepts it
+  fs::remove_all(a);
+  fs::remove_all(b);
+}

@@ -669,3 +669,44 @@ TEST_CASE("the validation split is seeded, disjoint from the training images, an
   o.val_split = -2;
   CHECK_THROWS_WITH(load_dataset(o), Catch::Contains("data.val_split"));
 }
+
+TEST_CASE("class names, groups and per-class subsampling", "[data][classes]") {
+  TempDir dir;
+  write_idx_set(dir, true, 200, 20);
+  DataOptions o = options_for("fashion-mnist", dir.path.string());
+  const DataSplits d = load_dataset(o);
+  REQUIRE(d.class_names.size() == 10);
+  CHECK(d.class_names[0] == "T-shirt/top");
+  CHECK(d.class_names[9] == "Ankle boot");
+  CHECK(d.groups.by_class);
+  CHECK(d.groups.names == d.class_names);
+  CHECK(builtin_class_names("cifar100").size() == 100);
+  CHECK(builtin_class_names("cifar10")[9] == "truck");
+
+  // Groups by name or label; the classes no group names form "other".
+  o.groups = {{"tops", {"T-shirt/top", "Shirt", "2"}}, {"shoes", {"5", "Sneaker", "Ankle boot"}}};
+  const DataSplits g = load_dataset(o);
+  CHECK_FALSE(g.groups.by_class);
+  CHECK(g.groups.names == std::vector<std::string>{"shoes", "tops", "other"});
+  CHECK(g.groups.of_class == std::vector<int64_t>{1, 2, 1, 2, 2, 0, 1, 0, 2, 0});
+  o.groups = {{"a", {"Shirt"}}, {"b", {"6"}}};
+  CHECK_THROWS_WITH(load_dataset(o), Catch::Contains("data.groups.b") && Catch::Contains("already in group \"a\""));
+  o.groups = {{"a", {"Hat"}}};
+  CHECK_THROWS_WITH(load_dataset(o), Catch::Contains("data.groups.a") && Catch::Contains("\"Hat\""));
+  o.groups.clear();
+
+  // Classes 5-9 at a tenth of their images (20 each here): deterministic, the rest untouched.
+  o.class_fraction = {{"5", 0.1}, {"6", 0.1}, {"Sneaker", 0.1}, {"8", 0.1}, {"9", 0.1}};
+  const DataSplits s = load_dataset(o), again = load_dataset(o);
+  const auto counts = torch::bincount(s.train.labels, {}, 10);
+  for (int c = 0; c < 5; ++c) CHECK(counts[c].item<int64_t>() == 20);
+  for (int c = 5; c < 10; ++c) CHECK(counts[c].item<int64_t>() == 2);
+  CHECK(torch::equal(s.train.images, again.train.images));
+  CHECK(torch::equal(s.test.labels, d.test.labels));  // the test split is never subsampled
+  o.split_seed = 3;
+  const DataSplits other = load_dataset(o);
+  CHECK_FALSE(torch::equal(other.train.images, s.train.images));
+  CHECK(torch::equal(torch::bincount(other.train.labels, {}, 10), counts));
+  o.class_fraction = {{"5", 0.0}};
+  CHECK_THROWS_WITH(load_dataset(o), Catch::Contains("data.class_fraction.5") && Catch::Contains("(0, 1]"));
+}

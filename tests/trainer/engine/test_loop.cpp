@@ -13,6 +13,7 @@
 #include "trainer/engine/run_result.h"
 #include "trainer/models/registry.h"
 #include "trainer/engine/spike_guard.h"
+#include "trainer/engine/step.h"
 #include "trainer/engine/interrupt.h"
 #include "trainer/engine/loop.h"
 
@@ -374,6 +375,29 @@ TEST_CASE("a step snapshot undoes a gate's refit, step count and running statist
   const std::vector<torch::Tensor> after = {gate->c0(), gate->c1(), gate->c2(), gate->running_mean(),
                                             gate->running_var()};
   for (size_t i = 0; i < before.size(); ++i) CHECK(torch::equal(after[i], before[i]));
+}
+
+TEST_CASE("a skipped step names the gate where its batch's activations ran out", "[train][spike]") {
+  ModelSpec spec{"cnn-small", {1, 28, 28}, 10, true};
+  autorep::layers::GateOptions o;
+  o.dapa().enabled(false);
+  Net net = build_model(spec, autorep::layers::gate_factory(o));
+  for (const auto& g : autorep::layers::gates(*net)) g->mask().zero_();  // every site polynomial
+  // Eval mode: batch norm passes the outlier on as it is (a training batch's statistics would
+  // shrink it), so the test does not depend on how many positions share it.
+  net->eval();
+  // Ordinary inputs stay within 20 running sds (the prior is N(0, 1)) of every gate ...
+  const auto calm = torch::randn({8, 1, 28, 28}) * 0.1;
+  CHECK(describe_spike(*net, calm).find("first beyond 20 sd") == std::string::npos);
+  // ... one huge image leaves the first gate far out, and the largest is named with its channel.
+  auto wild = calm.clone();
+  wild[0].fill_(100.0);
+  const std::string d = describe_spike(*net, wild);
+  CHECK_THAT(d, Catch::StartsWith("largest polynomial input at act") && Catch::Contains("first beyond 20 sd at act1"));
+  CHECK_THAT(d, Catch::Contains("channel ") && Catch::Contains("sd from its mean") && Catch::Contains("output up to"));
+  // A model without gates has nothing to say.
+  Net plain = build_model(spec, autorep::layers::relu_factory());
+  CHECK(describe_spike(*plain, wild).empty());
 }
 
 TEST_CASE("a batch-norm snapshot puts the running statistics back", "[train][spike]") {
