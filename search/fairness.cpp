@@ -27,18 +27,22 @@ torch::Tensor GroupFairness::penalty(const torch::Tensor& per_sample_loss, const
   const auto present = counts > 0;
   const auto group_mean = sums / counts.clamp_min(1);
   const auto violation = torch::where(present, (group_mean - mean).abs(), torch::zeros_like(group_mean));
-  const auto gamma = torch::tensor(gamma_, per_sample_loss.options());
+  if (!gamma_t_.defined() || gamma_t_.device() != per_sample_loss.device() ||
+      gamma_t_.scalar_type() != per_sample_loss.scalar_type())
+    gamma_t_ = torch::tensor(gamma_, torch::kDouble).to(per_sample_loss.options());
+  const auto& gamma = gamma_t_;
   pending_ = torch::cat({violation.detach(), present.to(violation.scalar_type())});
   return (gamma * violation).sum();
 }
 
 void GroupFairness::commit() {
   if (!pending_.defined()) return;
-  sums_.add_(pending_.to(torch::kCPU, torch::kDouble));
+  if (sums_.device() != pending_.device()) sums_ = sums_.to(pending_.device());
+  sums_.add_(pending_.to(torch::kDouble));
   pending_ = torch::Tensor();
 }
 
-torch::Tensor GroupFairness::epoch_sums() const { return sums_.clone(); }
+torch::Tensor GroupFairness::epoch_sums() const { return sums_.to(torch::kCPU).clone(); }
 
 std::vector<double> GroupFairness::mean_violations(const torch::Tensor& sums) {
   const int64_t g = sums.numel() / 2;
@@ -55,11 +59,12 @@ void GroupFairness::dual_step(const torch::Tensor& sums) {
   for (size_t i = 0; i < gamma_.size(); ++i)
     gamma_[i] = std::max(0.0, gamma_[i] + options_.mu * (mean[i] - options_.tolerance));
   sums_.zero_();
+  gamma_t_ = torch::Tensor();
 }
 
 nlohmann::json GroupFairness::state() const {
   const int64_t g = groups();
-  const auto s = sums_.contiguous();
+  const auto s = sums_.to(torch::kCPU).contiguous();
   const double* p = s.data_ptr<double>();
   return {{"multipliers", gamma_},
           {"violation_sums", std::vector<double>(p, p + g)},
@@ -78,6 +83,7 @@ void GroupFairness::load_state(const nlohmann::json& state) {
   std::vector<double> all(vs);
   all.insert(all.end(), vb.begin(), vb.end());
   sums_ = torch::tensor(all, torch::kDouble);
+  gamma_t_ = torch::Tensor();
 }
 
 }  // namespace autorep::search

@@ -54,8 +54,11 @@ class GroupFairness {
  private:
   FairnessOptions options_;
   std::vector<double> gamma_;
-  torch::Tensor sums_;     ///< float64 [2G] on the CPU
+  // No host synchronisation per step: the epoch's record accumulates on the losses' device and
+  // the multipliers live there too; both come to the host once per epoch.
+  torch::Tensor sums_;     ///< float64 [2G], on the device of the last commit (the CPU at first)
   torch::Tensor pending_;  ///< the last penalty()'s violations and presence, on its device
+  torch::Tensor gamma_t_;  ///< gamma_ on the losses' device and dtype (undefined when stale)
 };
 
 }  // namespace autorep::search
