@@ -220,16 +220,7 @@ void GateImpl::record_probe(const torch::Tensor& x, const torch::Tensor& y) {
   const auto sd = running_var_.to(torch::kDouble).clamp_min(1e-10).sqrt().reshape(channel_view);
   auto z = ((xd - mean) / sd).abs();
   // Only where the polynomial applies: a kept ReLU cannot amplify.
-  const auto& shape = options_.shape();
-  torch::Tensor m;
-  if (mask_.numel() == c && shape.size() > 1) {
-    m = mask_.reshape(channel_view);
-  } else if (mask_.numel() == 1) {
-    m = mask_.reshape(std::vector<int64_t>(x.dim(), 1));
-  } else {
-    m = mask_.reshape(x.sizes().slice(1)).unsqueeze(0);
-  }
-  z = torch::where(m.to(x.device()) > 0.5, torch::zeros_like(z), z);
+  z = torch::where(broadcast_mask(mask_, x).to(x.device()) > 0.5, torch::zeros_like(z), z);
   probe_ = Probe();
   if (z.numel() > 0) {
     const auto per_channel = z.transpose(0, 1).reshape({c, -1}).amax(1);

@@ -180,6 +180,19 @@ torch::Tensor gate_fused(const torch::Tensor& x, const torch::Tensor& aux, const
   return GateFunction::apply(x, aux, mask.detach(), c0, c1, c2, s1, s2, degree, moments);
 }
 
+torch::Tensor broadcast_mask(const torch::Tensor& mask, const torch::Tensor& x) {
+  const int64_t c = x.size(1);
+  int64_t per_sample = 1;
+  for (int64_t d = 1; d < x.dim(); ++d) per_sample *= x.size(d);
+  if (mask.numel() == per_sample) return mask.reshape(x.sizes().slice(1)).unsqueeze(0);
+  if (mask.numel() == c) {
+    std::vector<int64_t> channel_view(x.dim(), 1);
+    channel_view[1] = c;
+    return mask.reshape(channel_view);
+  }
+  return mask.reshape(std::vector<int64_t>(x.dim(), 1));
+}
+
 torch::Tensor gate_composite(const torch::Tensor& x, const torch::Tensor& aux,
                              const torch::Tensor& mask, const torch::Tensor& c0,
                              const torch::Tensor& c1, const torch::Tensor& c2, double s1, double s2,
@@ -191,14 +204,7 @@ torch::Tensor gate_composite(const torch::Tensor& x, const torch::Tensor& aux,
 
   std::vector<int64_t> channel_view(x.dim(), 1);
   channel_view[1] = pr.c;
-  torch::Tensor mb;
-  if (pr.mask_numel == pr.c * pr.p) {
-    mb = m.reshape(x.sizes().slice(1)).unsqueeze(0);
-  } else if (pr.mask_numel == pr.c) {
-    mb = m.reshape(channel_view);
-  } else {
-    mb = m.reshape(std::vector<int64_t>(x.dim(), 1));
-  }
+  const torch::Tensor mb = broadcast_mask(m, x);
   auto poly_of = [&](const torch::Tensor& v) {
     auto p = c0.reshape(channel_view) + s1 * c1.reshape(channel_view) * v;
     if (degree >= 2) p = p + s2 * c2.reshape(channel_view) * v * v;

@@ -29,6 +29,10 @@ torch::Tensor gate_fused(const torch::Tensor& x, const torch::Tensor& aux, const
                          const torch::Tensor& c0, const torch::Tensor& c1, const torch::Tensor& c2,
                          double s1, double s2, int64_t degree, torch::Tensor* moments = nullptr);
 
+/// A mask of any granularity (the per-sample shape, [C] or [1]) viewed so that it broadcasts
+/// against `x` (N x C x ...).
+torch::Tensor broadcast_mask(const torch::Tensor& mask, const torch::Tensor& x);
+
 /// Reference gate built from ATen ops, same semantics and gradients as gate_fused. The mask
 /// enters as `mask + softplus(aux).detach() * (aux - aux.detach())`: equal to mask in value,
 /// with derivative softplus(aux) towards aux.

@@ -14,6 +14,7 @@
 #include "layers/gate.h"
 #include "layers/util/atomic_file.h"
 #include "layers/util/json_check.h"
+#include "layers/util/text.h"
 #include "search/export/encoding.h"
 #include "search/export/relu_mask_detail.h"
 
@@ -69,6 +70,13 @@ class Reader {
     if (!j.is_number()) fail(path, "expected a number, got " + type_name(j));
     const double v = j.get<double>();
     if (!std::isfinite(v)) fail(path, "must be finite");
+    return v;
+  }
+  // A number in [lo, hi]; `or_null` only words the message for keys that may also be null.
+  double in_range(const ExportJson& j, const std::string& path, double lo, double hi, bool or_null = false) const {
+    const double v = number(j, path);
+    if (v < lo || v > hi)
+      fail(path, "must be in [" + util::short_number(lo) + ", " + util::short_number(hi) + "]" + (or_null ? " or null" : ""));
     return v;
   }
   static constexpr int64_t kMaxElements = int64_t{1} << 40;
@@ -168,14 +176,8 @@ MaskExport parse_export(const ExportJson& doc, const std::string& source) {
   const auto& acc = doc.at("accuracy");
   r.object(acc, "accuracy", {"test"},
            {"source", "val", "per_class", "worst_class", "worst_class_accuracy", "max_class_drop", "max_class_drop_class"});
-  if (!acc.at("test").is_null()) {
-    const double a = r.number(acc.at("test"), "accuracy.test");
-    if (a < 0 || a > 1) r.fail("accuracy.test", "must be in [0, 1] or null");
-  }
-  if (acc.contains("val")) {
-    const double a = r.number(acc.at("val"), "accuracy.val");
-    if (a < 0 || a > 1) r.fail("accuracy.val", "must be in [0, 1]");
-  }
+  if (!acc.at("test").is_null()) r.in_range(acc.at("test"), "accuracy.test", 0, 1, /*or_null=*/true);
+  if (acc.contains("val")) r.in_range(acc.at("val"), "accuracy.val", 0, 1);
   if (acc.contains("source")) r.string(acc.at("source"), "accuracy.source");
   if (acc.contains("per_class")) {
     const auto& list = acc.at("per_class");
@@ -184,27 +186,16 @@ MaskExport parse_export(const ExportJson& doc, const std::string& source) {
       const std::string at = "accuracy.per_class[" + std::to_string(i) + "]";
       r.object(list[i], at, {"class", "accuracy", "samples"}, {"drop"});
       r.string(list[i].at("class"), at + ".class");
-      if (!list[i].at("accuracy").is_null()) {
-        const double a = r.number(list[i].at("accuracy"), at + ".accuracy");
-        if (a < 0 || a > 1) r.fail(at + ".accuracy", "must be in [0, 1] or null");
-      }
+      if (!list[i].at("accuracy").is_null()) r.in_range(list[i].at("accuracy"), at + ".accuracy", 0, 1, true);
       r.integer(list[i].at("samples"), at + ".samples");
-      if (list[i].contains("drop")) {
-        const double d = r.number(list[i].at("drop"), at + ".drop");
-        if (d < -1 || d > 1) r.fail(at + ".drop", "must be in [-1, 1]");
-      }
+      if (list[i].contains("drop")) r.in_range(list[i].at("drop"), at + ".drop", -1, 1);
     }
   }
   for (const char* key : {"worst_class", "max_class_drop_class"})
     if (acc.contains(key)) r.string(acc.at(key), std::string("accuracy.") + key);
-  if (acc.contains("worst_class_accuracy")) {
-    const double a = r.number(acc.at("worst_class_accuracy"), "accuracy.worst_class_accuracy");
-    if (a < 0 || a > 1) r.fail("accuracy.worst_class_accuracy", "must be in [0, 1]");
-  }
-  if (acc.contains("max_class_drop")) {
-    const double d = r.number(acc.at("max_class_drop"), "accuracy.max_class_drop");
-    if (d < -1 || d > 1) r.fail("accuracy.max_class_drop", "must be in [-1, 1]");
-  }
+  if (acc.contains("worst_class_accuracy"))
+    r.in_range(acc.at("worst_class_accuracy"), "accuracy.worst_class_accuracy", 0, 1);
+  if (acc.contains("max_class_drop")) r.in_range(acc.at("max_class_drop"), "accuracy.max_class_drop", -1, 1);
   const auto& cost = doc.at("cost");
   r.object(cost, "cost", {"table", "before", "after", "reduction"});
   try {

@@ -206,8 +206,7 @@ void write_plot(const fs::path& out, const std::vector<SweepRow>& rows, const st
   std::ostringstream dat;
   dat << "# Pareto data of the sweep in this folder (drawn by sweep-plot.gp)\n"
          "# one block per method; columns: relu_count accuracy_percent budget worst_class_accuracy_percent\n";
-  std::vector<std::string> plots;
-  int block = 0;
+  std::vector<std::string> plots;  // per data block: how it is drawn (after its "using" columns)
   for (const auto& m : methods) {
     auto& v = points[m];
     std::stable_sort(v.begin(), v.end(),
@@ -215,23 +214,23 @@ void write_plot(const fs::path& out, const std::vector<SweepRow>& rows, const st
     dat << "# " << m << "\n";
     for (const auto* r : v) dat << r->relu_count << " " << fixed(100.0 * r->accuracy, 4) << " " << r->budget << " " << worst_percent(*r) << "\n";
     dat << "\n\n";
-    plots.push_back("'sweep-plot.dat' index " + std::to_string(block++) +
-                    " using 1:2 with linespoints linewidth 2 pointtype 7 title " + gp_string(m));
+    plots.push_back("with linespoints linewidth 2 pointtype 7 title " + gp_string(m));
   }
   if (teacher != nullptr) {
     dat << "# teacher (all ReLUs)\n"
         << teacher->relu_count << " " << fixed(100.0 * teacher->accuracy, 4) << " all " << worst_percent(*teacher)
         << "\n\n\n";
-    plots.push_back("'sweep-plot.dat' index " + std::to_string(block++) +
-                    " using 1:2 with points pointtype 5 pointsize 1.5 linecolor rgb 'black' title 'teacher (all ReLUs)'");
+    plots.push_back("with points pointtype 5 pointsize 1.5 linecolor rgb 'black' title 'teacher (all ReLUs)'");
   }
-  std::string plot_cmd = "plot ", worst_cmd = "plot ";
-  for (size_t i = 0; i < plots.size(); ++i) {
-    plot_cmd += (i ? ", \\\n     " : "") + plots[i];
-    std::string w = plots[i];
-    w.replace(w.find("using 1:2"), 9, "using 1:4");
-    worst_cmd += (i ? ", \\\n     " : "") + w;
-  }
+  // The plot command of every block against data column `y` (2: accuracy, 4: worst class).
+  auto plot_of = [&](int y) {
+    std::string cmd = "plot ";
+    for (size_t i = 0; i < plots.size(); ++i)
+      cmd += (i ? ", \\\n     " : "") + std::string("'sweep-plot.dat' index ") + std::to_string(i) + " using 1:" +
+             std::to_string(y) + " " + plots[i];
+    return cmd;
+  };
+  const std::string plot_cmd = plot_of(2), worst_cmd = plot_of(4);
 
   std::ostringstream gp;
   gp << "# Pareto plot of this sweep: test accuracy against ReLUs kept per sample, log x axis.\n"

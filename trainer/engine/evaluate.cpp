@@ -28,6 +28,7 @@ void accumulate(EvalResult& r, const torch::Tensor& logits_in, const torch::Tens
   for (int64_t c = 0; c < classes; ++c) {
     r.class_samples[c] += p[c];
     r.class_correct[c] += p[classes + c];
+    r.correct += p[classes + c];  // every right prediction is of some class
   }
   const int64_t bad = n - finite.sum().item<int64_t>();
   if (bad > 0) {
@@ -37,7 +38,6 @@ void accumulate(EvalResult& r, const torch::Tensor& logits_in, const torch::Tens
   r.loss_sum += torch::nn::functional::cross_entropy(
                     logits, y, torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
                     .item<double>();
-  r.correct += right.sum().item<int64_t>();
   r.nonfinite += bad;
   r.samples += n;
 }

@@ -120,7 +120,7 @@ StepOutcome train_step(const StepEnv& env, const Phase& phase, const torch::Tens
   ++ctx.global_step;
   ++ctx.phase_step;
   if (out.skipped) {
-    if (env.describe_spikes) out.spike_detail = describe_spike(*ctx.model, x);
+    out.spike_detail = describe_spike(*ctx.model, x);
     env.running_stats->restore();
     return out;
   }

@@ -24,7 +24,6 @@ struct StepEnv {
   int64_t global_batch = 0;        ///< samples of the batch over all processes
   dist::Group* group = nullptr;    ///< null in a one-process run
   dist::GradientSync* sync = nullptr;
-  bool describe_spikes = true;     ///< a skipped step says where its activations ran out
 };
 
 /// What one step produced.
