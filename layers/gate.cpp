@@ -38,6 +38,14 @@ torch::Tensor channel_moments(const torch::Tensor& x) {
   return torch::stack({xd.sum(dims), (xd * xd).sum(dims)});
 }
 
+// Per-channel largest |x| of x (N×C×...) where `keep` (broadcast against x) is false; float64 on x's device.
+torch::Tensor channel_range(const torch::Tensor& x, const torch::Tensor& keep = {}) {
+  const int64_t c = x.size(1);
+  auto a = x.detach().abs();
+  if (keep.defined()) a = torch::where(keep, torch::zeros_like(a), a);
+  return a.transpose(0, 1).reshape({c, -1}).amax(1).to(torch::kDouble);
+}
+
 // Mean and unbiased variance (as batch norm keeps it) from [sum x, sum x^2] over n values.
 std::pair<torch::Tensor, torch::Tensor> mean_and_var(const torch::Tensor& sums, int64_t n) {
   const auto mean = sums[0] / n;
@@ -88,6 +96,7 @@ void GateImpl::reset() {
   c2_ = register_parameter("c2", torch::zeros({c}), /*requires_grad=*/options_.degree() == 2);
   running_mean_ = register_buffer("running_mean", torch::zeros({c}));
   running_var_ = register_buffer("running_var", torch::ones({c}));
+  running_range_ = register_buffer("running_range", torch::zeros({c}));
   step_ = register_buffer("step", torch::zeros({}, torch::kLong));
   step_cache_impl_ = nullptr;
   refit();
@@ -118,6 +127,7 @@ void GateImpl::refit() {
     c0_.copy_(f.w0);
     c1_.copy_(f.w1 / s1);
     c2_.copy_(f.w2 / s2);
+    if (dp.range_bound() > 0) cap_curvature();
   } else {
     const auto f = dapa_fit(mean, var.clamp_min(dp.var_floor()), options_.degree());
     c0_.copy_(f.w0 / dp.w0_div());
@@ -129,6 +139,8 @@ void GateImpl::refit() {
 void GateImpl::begin_calibration() {
   calibration_ = torch::zeros({2, options_.shape()[0]}, torch::TensorOptions().dtype(torch::kDouble));
   calibration_count_ = 0;
+  calibration_range_ = torch::Tensor();
+  calibration_range_batches_ = 0;
 }
 
 void GateImpl::end_calibration() {
@@ -136,11 +148,14 @@ void GateImpl::end_calibration() {
   const auto sums = calibration_;
   const int64_t n = calibration_count_;
   calibration_ = torch::Tensor();
+  const auto range_sum = std::exchange(calibration_range_, torch::Tensor());
+  const int64_t range_batches = std::exchange(calibration_range_batches_, 0);
   if (n < 2) return;
   torch::NoGradGuard no_grad;
   const auto [mean, var] = mean_and_var(sums, n);
   running_mean_.copy_(mean);
   running_var_.copy_(var);
+  if (range_sum.defined()) running_range_.copy_(range_sum / static_cast<double>(range_batches));
   refit();
 }
 
@@ -175,6 +190,12 @@ torch::Tensor GateImpl::forward(const torch::Tensor& x) {
     torch::NoGradGuard no_grad;
     calibration_.add_(channel_moments(x).cpu());
     calibration_count_ += x.numel() / std::max<int64_t>(s[0], 1);
+    if (options_.dapa().range_bound() > 0) {
+      // The teacher's range at every position: which will be polynomial is not known yet.
+      const auto r = channel_range(x).cpu();
+      calibration_range_ = calibration_range_.defined() ? calibration_range_ + r : r;
+      ++calibration_range_batches_;
+    }
   }
   if (!is_training()) {
     auto y = options_.fused() ? gate_fused(x, aux, mask_, c0_, c1_, c2_, s1, s2, deg)
@@ -198,6 +219,7 @@ torch::Tensor GateImpl::forward(const torch::Tensor& x) {
     moments = channel_moments(x);
   }
   update_running_stats(moments, x.numel() / std::max<int64_t>(s[0], 1));
+  update_running_range(x);
   {
     torch::NoGradGuard no_grad;
     step_.add_(1);
@@ -208,6 +230,32 @@ torch::Tensor GateImpl::forward(const torch::Tensor& x) {
   step_cache_version_ = static_cast<int64_t>(step_._version());
   if (probing_) record_probe(x, y);
   return y;
+}
+
+void GateImpl::update_running_range(const torch::Tensor& x) {
+  const auto& dp = options_.dapa();
+  if (dp.range_bound() <= 0 || options_.degree() < 2 || dp.sigma() != "std") return;
+  torch::NoGradGuard no_grad;
+  // Only where the polynomial applies: a kept ReLU's input does not pass through p.
+  const auto batch = channel_range(x, broadcast_mask(mask_, x) > 0.5).to(running_range_.options());
+  const double mom = dp.momentum();
+  // The first batch seen sets the range (the buffer starts at 0, "nothing seen").
+  running_range_.copy_(torch::where(running_range_ > 0, running_range_ * (1 - mom) + batch * mom, batch));
+}
+
+void GateImpl::cap_curvature() {
+  const auto& o = options_;
+  if (o.degree() < 2 || o.dapa().sigma() != "std") return;
+  torch::NoGradGuard no_grad;
+  // φ(0) / (2 k σ) for s2*c2, i.e. φ(0) / (2 k σ s2) for c2.
+  auto limit = (1.0 / std::sqrt(2.0 * M_PI)) /
+               (2.0 * o.dapa().sigma_scale() * o.scale2() * fit_sigma().to(c2_.scalar_type()));
+  if (o.dapa().range_bound() > 0) {
+    const auto range = running_range_.to(c2_.scalar_type());
+    const auto by_range = o.dapa().range_bound() / (o.scale2() * range.clamp_min(1e-12));
+    limit = torch::where(range > 0, torch::min(limit, by_range), limit);
+  }
+  c2_.copy_(torch::max(torch::min(c2_, limit), -limit));
 }
 
 void GateImpl::record_probe(const torch::Tensor& x, const torch::Tensor& y) {
@@ -344,16 +392,7 @@ void set_frozen(torch::nn::Module& model, bool frozen) {
 void cap_curvature(torch::nn::Module& model) { cap_curvature(gates(model)); }
 
 void cap_curvature(const std::vector<std::shared_ptr<GateImpl>>& gates) {
-  torch::NoGradGuard no_grad;
-  for (const auto& g : gates) {
-    const auto& o = g->options();
-    if (o.degree() < 2 || o.dapa().sigma() != "std") continue;
-    // φ(0) / (2 k σ) for s2*c2, i.e. φ(0) / (2 k σ s2) for c2.
-    const auto limit = (1.0 / std::sqrt(2.0 * M_PI)) /
-                       (2.0 * o.dapa().sigma_scale() * o.scale2() * g->fit_sigma().to(g->c2().scalar_type()));
-    torch::Tensor c2 = g->c2();
-    c2.copy_(torch::max(torch::min(c2, limit), -limit));
-  }
+  for (const auto& g : gates) g->cap_curvature();
 }
 
 void set_moment_reducer(torch::nn::Module& model, const MomentReducer& reducer) {

@@ -45,6 +45,13 @@ struct DapaOptions {
   /// sites the tails compound from block to block. A wider fit keeps the polynomial close to relu
   /// k times further out (its curvature is k times smaller).
   TORCH_ARG(double, sigma_scale) = 3.0;
+  /// "std", degree 2: the quadratic term is also capped, per channel, at |s2*c2| <= range_bound / R,
+  /// with R the running mean of the batches' largest |x| at the channel's polynomial positions
+  /// (`running_range`). With c1 near 1/2, p(R) stays near c0 + (1/2 + range_bound) * R, so an
+  /// input at the edge of the observed range does not come out far beyond it: through a residual
+  /// stream of polynomial sites the range grows additively instead of being squared block after
+  /// block. 0: off (the bound of the fit's curvature alone, see cap_curvature).
+  TORCH_ARG(double, range_bound) = 0.0;
   /// Lower clip of the running variance in "var" mode.
   TORCH_ARG(double, var_floor) = 0.5;
   /// Divisor of the constant term in "var" mode.
@@ -150,6 +157,12 @@ class GateImpl : public torch::nn::Cloneable<GateImpl>, public ActivationSite {
   const torch::Tensor& c2() const { return c2_; }
   const torch::Tensor& running_mean() const { return running_mean_; }
   const torch::Tensor& running_var() const { return running_var_; }
+  /// Per channel: the running mean of the training batches' largest |x| at polynomial positions
+  /// (0 until a batch with a polynomial position was seen; kept only with dapa.range_bound > 0).
+  const torch::Tensor& running_range() const { return running_range_; }
+  /// Caps c2 at the curvature bound of cap_curvature() and, with dapa.range_bound, at the range
+  /// bound (no autograd, no host sync; "std" degree-2 gates only, a no-op otherwise).
+  void cap_curvature();
   /// The per-channel sigma the "std" fit and the curvature bound use: sqrt(running_var), at
   /// least sqrt(1e-5) as in batch norm (a dead channel still gets a finite fit); float64.
   torch::Tensor fit_sigma() const;
@@ -175,13 +188,16 @@ class GateImpl : public torch::nn::Cloneable<GateImpl>, public ActivationSite {
  private:
   void record_probe(const torch::Tensor& x, const torch::Tensor& y);
   void update_running_stats(const torch::Tensor& moments, int64_t count);
+  void update_running_range(const torch::Tensor& x);
 
   GateOptions options_;
-  torch::Tensor aux_, mask_, c0_, c1_, c2_, running_mean_, running_var_, step_;
+  torch::Tensor aux_, mask_, c0_, c1_, c2_, running_mean_, running_var_, running_range_, step_;
   bool frozen_ = false;
   MomentReducer moment_reducer_;
   torch::Tensor calibration_;  // [sum x (C), sum x^2 (C)] in double while calibrating
   int64_t calibration_count_ = 0;
+  torch::Tensor calibration_range_;  // sum of the calibration batches' per-channel largest |x|
+  int64_t calibration_range_batches_ = 0;
   bool refitted_last_step_ = false;
   int64_t refit_count_ = 0;
   bool probing_ = false;

@@ -13,7 +13,7 @@ void read_if(const nlohmann::json& j, const char* key, Setter set) {
 
 void to_json(nlohmann::json& j, const DapaOptions& o) {
   j = {{"enabled", o.enabled()},         {"sigma", o.sigma()},           {"var_floor", o.var_floor()},
-       {"sigma_scale", o.sigma_scale()},
+       {"sigma_scale", o.sigma_scale()}, {"range_bound", o.range_bound()},
        {"w0_div", o.w0_div()},           {"w2_div", o.w2_div()},         {"refit_every", o.refit_every()},
        {"refit_until", o.refit_until()}, {"calibration_batches", o.calibration_batches()}};
 }
@@ -23,6 +23,7 @@ void from_json(const nlohmann::json& j, DapaOptions& o) {
   read_if<std::string>(j, "sigma", [&](const std::string& v) { o.sigma(v); });
   read_if<double>(j, "var_floor", [&](double v) { o.var_floor(v); });
   read_if<double>(j, "sigma_scale", [&](double v) { o.sigma_scale(v); });
+  read_if<double>(j, "range_bound", [&](double v) { o.range_bound(v); });
   read_if<double>(j, "w0_div", [&](double v) { o.w0_div(v); });
   read_if<double>(j, "w2_div", [&](double v) { o.w2_div(v); });
   read_if<int64_t>(j, "refit_every", [&](int64_t v) { o.refit_every(v); });

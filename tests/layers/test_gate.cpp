@@ -417,7 +417,7 @@ TEST_CASE("save/load keeps masks, aux, coefficients, running statistics and the 
   torch::load(loaded, buf);
   const auto a = model->named_buffers(), b = loaded->named_buffers();
   REQUIRE(a.size() == b.size());
-  REQUIRE(a.size() == 2 * 4);  // mask, running_mean, running_var, step per gate
+  REQUIRE(a.size() == 2 * 5);  // mask, running_mean, running_var, running_range, step per gate
   for (const auto& item : a) {
     CAPTURE(item.key());
     CHECK(torch::equal(item.value(), b[item.key()]));
@@ -728,4 +728,77 @@ TEST_CASE("the gate kernels refuse tensors on another device or of a non-float t
                     Catch::Contains("c2 is on meta"));
   CHECK_THROWS_WITH(gate_fused(in.x, in.aux, in.mask.to(torch::kLong), in.c0, in.c1, in.c2, 1.0, 0.1, 2),
                     Catch::Contains("mask must be a floating-point tensor"));
+}
+
+TEST_CASE("the range bound tracks the largest |x| at polynomial positions and caps the curvature by it", "[gate][dapa]") {
+  GateOptions o({2, 2, 2});
+  o.scale2(0.1);
+  o.dapa().sigma_scale(3).range_bound(0.5).enabled(false);
+  Gate gate(o);
+  // Calibration: every position counts (which will be polynomial is not known yet); the range
+  // is the mean of the batches' per-channel maxima.
+  auto x1 = torch::zeros({1, 2, 2, 2}), x2 = torch::zeros({1, 2, 2, 2});
+  x1[0][0][0][0] = -4.0f;
+  x1[0][1][1][1] = 2.0f;
+  x2[0][0][1][0] = 2.0f;
+  x2[0][1][0][1] = -6.0f;
+  gate->eval();
+  gate->begin_calibration();
+  gate->forward(x1);
+  gate->forward(x2);
+  gate->end_calibration();
+  CHECK(torch::allclose(gate->running_range(), torch::tensor({3.0f, 4.0f})));
+  // Training: only polynomial positions count, as an EMA (momentum 0.1).
+  gate->train();
+  {
+    torch::NoGradGuard ng;
+    gate->mask().zero_();
+    gate->mask()[0][0][0] = 1.0f;  // channel 0, position (0, 0) keeps its ReLU
+  }
+  auto x3 = torch::zeros({1, 2, 2, 2});
+  x3[0][0][0][0] = 100.0f;  // at the kept position: not a polynomial input
+  x3[0][0][1][1] = -13.0f;
+  x3[0][1][0][0] = 14.0f;
+  gate->forward(x3);
+  CHECK(torch::allclose(gate->running_range(), torch::tensor({0.9f * 3 + 0.1f * 13, 0.9f * 4 + 0.1f * 14})));
+  // The cap: |s2 c2| <= 0.5 / R where that is below the fit's bound phi(0) / (2 k sigma).
+  {
+    torch::NoGradGuard ng;
+    gate->running_var().fill_(1.0f);
+    gate->running_range().copy_(torch::tensor({1.0f, 50.0f}));
+    gate->c2().fill_(1e3f);
+  }
+  gate->cap_curvature();
+  const double fit_bound = (1.0 / std::sqrt(2 * M_PI)) / (2 * 3);
+  CHECK(0.1 * gate->c2()[0].item<double>() == Approx(fit_bound).epsilon(1e-5));  // 0.5 / 1 is looser
+  CHECK(0.1 * gate->c2()[1].item<double>() == Approx(0.5 / 50).epsilon(1e-5));
+}
+
+TEST_CASE("with the range bound an outlier through a residual stream of polynomials stays in range", "[gate][dapa]") {
+  // x_{l+1} = p_l(x_l + F_l), F_l unit noise (a batch-normed residual branch), six sites each
+  // calibrated on its own input, one input at 20 sd: the fit's quadratic squares the outlier
+  // site after site, the range-bounded one passes it on at about its size.
+  auto run = [](double range_bound) {
+    torch::manual_seed(3);
+    auto x = torch::randn({64, 1, 4, 4});
+    x[0][0][0][0] = 20.0f;
+    torch::NoGradGuard ng;
+    for (int l = 0; l < 6; ++l) {
+      GateOptions o({1, 4, 4});
+      o.dapa().range_bound(range_bound).enabled(false);
+      Gate g(o);
+      g->mask().zero_();
+      g->eval();
+      x = x + torch::randn_like(x);
+      g->begin_calibration();
+      g->forward(x);
+      g->end_calibration();
+      x = g->forward(x);
+    }
+    return x.abs().max().item<double>();
+  };
+  const double without = run(0.0), with = run(0.5);
+  CAPTURE(without, with);
+  CHECK(without > 500.0);
+  CHECK(with < 30.0);
 }

@@ -71,6 +71,8 @@ struct DataSplits {
   std::vector<float> std;
   int64_t crop_padding = 0;  ///< resolved augmentation
   bool flip = false;
+  /// Training images data.class_fraction removed (0 without it).
+  int64_t subsampled = 0;
 };
 
 /// The options that load only what the test split needs (autorep eval, verify, an export's

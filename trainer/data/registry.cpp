@@ -177,7 +177,7 @@ DataSplits load_dataset(const DataOptions& options) {
   out.groups = resolve_groups(options.groups, out.class_names);
   const int64_t val = val_split_size(options, out.train.size());
   if (val > 0) hold_out_validation(out, val, static_cast<uint64_t>(options.split_seed));
-  subsample_classes(out.train, options.class_fraction, out.class_names, static_cast<uint64_t>(options.split_seed));
+  out.subsampled = subsample_classes(out.train, options.class_fraction, out.class_names, static_cast<uint64_t>(options.split_seed));
   return out;
 }
 

@@ -204,6 +204,7 @@ void check_gate(const std::string& source, const layers::GateOptions& g) {
   check_positive(source, "gate.dapa.w0_div", d.w0_div());
   check_positive(source, "gate.dapa.w2_div", d.w2_div());
   check_at_least(source, "gate.dapa.sigma_scale", d.sigma_scale(), 1);
+  check_at_least(source, "gate.dapa.range_bound", d.range_bound(), 0);
   check_at_least(source, "gate.dapa.refit_every", static_cast<double>(d.refit_every()), 1);
   check_at_least(source, "gate.dapa.refit_until", static_cast<double>(d.refit_until()), 0);
   check_at_least(source, "gate.dapa.calibration_batches", static_cast<double>(d.calibration_batches()), 0);

@@ -131,6 +131,8 @@ class TrainingRun {
     report_->line("data: " + data_.name + " train " + std::to_string(data_.train.size()) + " val " +
                   std::to_string(data_.val.size()) + " test " + std::to_string(data_.test.size()) + " (" +
                   std::to_string(std::chrono::duration<double>(Clock::now() - t_data).count()).substr(0, 4) + " s)");
+    if (data_.subsampled > 0)
+      report_->line("data.class_fraction: " + std::to_string(data_.subsampled) + " training images left out");
     if (data_.val.size() == 0)
       report_->line("note: no validation split (data.val_split 0): best.pt is selected on test accuracy");
 

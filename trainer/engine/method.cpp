@@ -31,9 +31,11 @@ std::vector<ParamGroup> Method::param_groups(TrainContext& ctx, const Phase& pha
   return {g};
 }
 
-torch::Tensor classification_loss(const Config& config, const torch::Tensor& logits, const torch::Tensor& y) {
-  return torch::nn::functional::cross_entropy(
-      logits, y, torch::nn::functional::CrossEntropyFuncOptions().label_smoothing(config.train.label_smoothing));
+torch::Tensor classification_loss(const Config& config, const torch::Tensor& logits, const torch::Tensor& y,
+                                  bool per_sample) {
+  auto options = torch::nn::functional::CrossEntropyFuncOptions().label_smoothing(config.train.label_smoothing);
+  if (per_sample) options.reduction(torch::kNone);
+  return torch::nn::functional::cross_entropy(logits, y, options);
 }
 
 LossOutput Method::loss(TrainContext& ctx, const torch::Tensor& x, const torch::Tensor& y,

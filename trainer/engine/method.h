@@ -123,7 +123,9 @@ class Method {
   virtual void load_state(const nlohmann::json& state) {}
 };
 
-/// Cross-entropy with the configured label smoothing.
-torch::Tensor classification_loss(const Config& config, const torch::Tensor& logits, const torch::Tensor& y);
+/// Cross-entropy with the configured label smoothing: the batch mean, or with `per_sample` one
+/// value per sample.
+torch::Tensor classification_loss(const Config& config, const torch::Tensor& logits, const torch::Tensor& y,
+                                  bool per_sample = false);
 
 }  // namespace autorep::trainer::engine

@@ -213,10 +213,7 @@ LossOutput ReductionMethod::loss(TrainContext& ctx, const torch::Tensor& x, cons
     out.parts = {{"ce", ce.detach()}, {"kd", (w * kd).detach()}};
   } else {
     // The same CE + KD per sample, so each group's mean loss can enter the penalty.
-    auto ce = torch::nn::functional::cross_entropy(logits, y,
-                                                   torch::nn::functional::CrossEntropyFuncOptions()
-                                                       .label_smoothing(config_.train.label_smoothing)
-                                                       .reduction(torch::kNone));
+    auto ce = engine::classification_loss(config_, logits, y, /*per_sample=*/true);
     auto kd = search::kd_loss_per_sample(logits, teacher_logits(*kd_teacher_, x), config_.search.kd.temperature);
     const auto per_sample = ce + w * kd;
     const auto penalty = fairness_->penalty(per_sample, group_of_class_.index_select(0, y));
