@@ -46,8 +46,10 @@ torch::Tensor channel_range(const torch::Tensor& x, const torch::Tensor& keep = 
   return a.transpose(0, 1).reshape({c, -1}).amax(1).to(torch::kDouble);
 }
 
-// Mean and unbiased variance (as batch norm keeps it) from [sum x, sum x^2] over n values.
-std::pair<torch::Tensor, torch::Tensor> mean_and_var(const torch::Tensor& sums, int64_t n) {
+// Mean and unbiased variance (as batch norm keeps it) from [sum x, sum x^2] over n values (a
+// number, or a one-element tensor on the sums' device, which spares a host read).
+template <typename N>
+std::pair<torch::Tensor, torch::Tensor> mean_and_var(const torch::Tensor& sums, const N& n) {
   const auto mean = sums[0] / n;
   return {mean, ((sums[1] - sums[0] * mean) / (n - 1)).clamp_min(0)};
 }
@@ -159,22 +161,47 @@ void GateImpl::end_calibration() {
   refit();
 }
 
-void GateImpl::update_running_stats(const torch::Tensor& moments, int64_t count) {
+void GateImpl::update_running_stats(const torch::Tensor& moments, int64_t count, torch::Tensor range) {
   torch::NoGradGuard no_grad;
   auto m = moments.to(torch::kDouble);
   if (const auto& reduce = moment_reducer_) {
-    // Sums and count of every process's batch: the statistics of the whole global batch.
+    // Sums and count of every process's batch: the statistics of the whole global batch; with a
+    // range, the processes' ranges and a 1 each (their mean: every process keeps the same range).
     const int64_t c = m.size(1);
-    auto packed = torch::cat({m.reshape({-1}), torch::full({1}, static_cast<double>(count), m.options())});
+    std::vector<torch::Tensor> parts{m.reshape({-1}), torch::full({1}, static_cast<double>(count), m.options())};
+    if (range.defined()) {
+      parts.push_back(range.to(m.options()));
+      parts.push_back(torch::ones({1}, m.options()));
+    }
+    auto packed = torch::cat(parts);
     reduce(packed);
-    count = static_cast<int64_t>(packed[2 * c].item<double>() + 0.5);
     m = packed.slice(0, 0, 2 * c).view({2, c});
+    if (range.defined()) range = packed.slice(0, 2 * c + 1, 3 * c + 1) / packed.slice(0, 3 * c + 1, 3 * c + 2);
+    update_range(range);
+    // The global count stays on the device (no host read per gate and step): with fewer than two
+    // values in the whole global batch the statistics are left as they are.
+    const auto n = packed.slice(0, 2 * c, 2 * c + 1);
+    const auto [mean, var] = mean_and_var(m, n);
+    const double mom = options_.dapa().momentum();
+    const auto enough = n >= 2;
+    running_mean_.copy_(torch::where(enough, running_mean_ * (1 - mom) + mean.to(running_mean_.options()) * mom, running_mean_));
+    running_var_.copy_(torch::where(enough, running_var_ * (1 - mom) + var.to(running_var_.options()) * mom, running_var_));
+    return;
   }
+  update_range(range);
   if (count < 2) return;
   const auto [mean, var] = mean_and_var(m, count);
   const double mom = options_.dapa().momentum();
   running_mean_.mul_(1 - mom).add_(mean.to(running_mean_.options()), mom);
   running_var_.mul_(1 - mom).add_(var.to(running_var_.options()), mom);
+}
+
+void GateImpl::update_range(const torch::Tensor& range) {
+  if (!range.defined()) return;
+  const auto batch = range.to(running_range_.options());
+  // The first batch seen sets the range (the buffer starts at 0, "nothing seen").
+  const double mom = options_.dapa().momentum();
+  running_range_.copy_(torch::where(running_range_ > 0, running_range_ * (1 - mom) + batch * mom, batch));
 }
 
 torch::Tensor GateImpl::forward(const torch::Tensor& x) {
@@ -218,8 +245,7 @@ torch::Tensor GateImpl::forward(const torch::Tensor& x) {
     torch::NoGradGuard no_grad;
     moments = channel_moments(x);
   }
-  update_running_stats(moments, x.numel() / std::max<int64_t>(s[0], 1));
-  update_running_range(x);
+  update_running_stats(moments, x.numel() / std::max<int64_t>(s[0], 1), batch_range(x));
   {
     torch::NoGradGuard no_grad;
     step_.add_(1);
@@ -232,15 +258,12 @@ torch::Tensor GateImpl::forward(const torch::Tensor& x) {
   return y;
 }
 
-void GateImpl::update_running_range(const torch::Tensor& x) {
+torch::Tensor GateImpl::batch_range(const torch::Tensor& x) const {
   const auto& dp = options_.dapa();
-  if (dp.range_bound() <= 0 || options_.degree() < 2 || dp.sigma() != "std") return;
+  if (dp.range_bound() <= 0 || options_.degree() < 2 || dp.sigma() != "std") return {};
   torch::NoGradGuard no_grad;
   // Only where the polynomial applies: a kept ReLU's input does not pass through p.
-  const auto batch = channel_range(x, broadcast_mask(mask_, x) > 0.5).to(running_range_.options());
-  const double mom = dp.momentum();
-  // The first batch seen sets the range (the buffer starts at 0, "nothing seen").
-  running_range_.copy_(torch::where(running_range_ > 0, running_range_ * (1 - mom) + batch * mom, batch));
+  return channel_range(x, broadcast_mask(mask_, x) > 0.5);
 }
 
 void GateImpl::cap_curvature() {

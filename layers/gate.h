@@ -25,9 +25,10 @@ class Optimizer;
 namespace autorep::layers {
 
 /// Combines the per-batch moment sums of a gate across the processes of a data-parallel run:
-/// called in every training forward with a float64 tensor [sum x (C), sum x^2 (C), count] that
-/// it must replace by its sum over all processes, so every process keeps the same running
-/// statistics (and DaPa fits the same coefficients) as one process with the whole batch.
+/// called in every training forward with a float64 tensor [sum x (C), sum x^2 (C), count] (with
+/// dapa.range_bound also [range (C), 1]) that it must replace by its sum over all processes, so
+/// every process keeps the same running statistics (and DaPa fits the same coefficients) as one
+/// process with the whole batch (the range: the mean of the processes' ranges).
 using MomentReducer = std::function<void(torch::Tensor&)>;
 
 /// Distribution-aware polynomial approximation (DaPa) of the replaced ReLUs.
@@ -187,8 +188,12 @@ class GateImpl : public torch::nn::Cloneable<GateImpl>, public ActivationSite {
 
  private:
   void record_probe(const torch::Tensor& x, const torch::Tensor& y);
-  void update_running_stats(const torch::Tensor& moments, int64_t count);
-  void update_running_range(const torch::Tensor& x);
+  /// `range`: the batch's per-channel largest |x| at polynomial positions (undefined: not kept).
+  void update_running_stats(const torch::Tensor& moments, int64_t count, torch::Tensor range);
+  /// Folds a batch's range (undefined: nothing to do) into running_range.
+  void update_range(const torch::Tensor& range);
+  /// The batch's range for update_running_stats, undefined without dapa.range_bound.
+  torch::Tensor batch_range(const torch::Tensor& x) const;
 
   GateOptions options_;
   torch::Tensor aux_, mask_, c0_, c1_, c2_, running_mean_, running_var_, running_range_, step_;

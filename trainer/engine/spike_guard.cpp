@@ -47,7 +47,7 @@ StepSnapshot::StepSnapshot(torch::nn::Module& model) {
   };
   for (const auto& item : model.named_buffers()) {
     const std::string last = last_name(item.key());
-    if (last == "running_mean" || last == "running_var" || last == "num_batches_tracked" || last == "step")
+    if (last == "running_mean" || last == "running_var" || last == "running_range" || last == "num_batches_tracked" || last == "step")
       buffers_.emplace_back(item.value(), torch::empty_like(item.value()));
   }
   for (const auto& item : model.named_parameters()) {

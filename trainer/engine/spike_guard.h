@@ -47,8 +47,8 @@ class SpikeGuard {
 };
 
 /// What a training forward changes besides the graph, copied to put back after a skipped step so
-/// it leaves no trace: every buffer named running_mean, running_var or num_batches_tracked (batch
-/// norm's and the gates'), the gates' step counters (`step`) and their coefficients c0, c1, c2 (a
+/// it leaves no trace: every buffer named running_mean, running_var, running_range or
+/// num_batches_tracked (batch norm's and the gates'), the gates' step counters (`step`) and their coefficients c0, c1, c2 (a
 /// DaPa refit in the forward overwrites them). The optimiser-state reset a refit calls for waits
 /// for Method::before_update, which a skipped step does not reach.
 class StepSnapshot {
