@@ -46,6 +46,17 @@ int run_gate_bench(const GateBenchOptions& o, std::ostream& out) {
     throw std::runtime_error("bench gate: --device cuda but no CUDA device is available");
   }
   if (o.iters < 1) throw std::runtime_error("bench gate: iters must be >= 1");
+  torch::Dtype dtype = torch::kFloat;
+  if (o.dtype == "bfloat16") {
+    dtype = torch::kBFloat16;
+  } else if (o.dtype == "float16") {
+    dtype = torch::kHalf;
+  } else if (o.dtype != "float32") {
+    throw std::runtime_error("bench gate: --dtype must be float32, bfloat16 or float16, got '" + o.dtype + "'");
+  }
+  if (dtype != torch::kFloat && o.device != "cuda") {
+    throw std::runtime_error("bench gate: --dtype " + o.dtype + " needs --device cuda (the CPU kernels are float32/float64)");
+  }
   std::string allocator = "default";
 #if defined(__GLIBC__)
   if (o.device == "cpu") {
@@ -75,8 +86,8 @@ int run_gate_bench(const GateBenchOptions& o, std::ostream& out) {
   const auto mshape = module->mask().sizes().vec();
   const int64_t C = sample[0];
 
-  auto x = torch::randn(o.shape, opt).requires_grad_(true);
-  const auto g = torch::randn(o.shape, opt);
+  auto x = torch::randn(o.shape, opt.dtype(dtype)).requires_grad_(true);
+  const auto g = torch::randn(o.shape, opt.dtype(dtype));
   auto aux = torch::rand(mshape, opt).requires_grad_(true);
   const auto mask = (torch::rand(mshape, opt) > 0.5).to(torch::kFloat);
   auto c0 = torch::full({C}, 0.2, opt).requires_grad_(true);
@@ -94,7 +105,9 @@ int run_gate_bench(const GateBenchOptions& o, std::ostream& out) {
          clear_grads({x});
        }},
       {"composite", [&] {
-         gate_composite(x, aux, mask, c0, c1, c2, s1, s2, 2).backward(g);
+         // float32 coefficients promote a half-precision x: the reference's output is float32.
+         const auto y = gate_composite(x, aux, mask, c0, c1, c2, s1, s2, 2);
+         y.backward(g.to(y.scalar_type()));
          clear_grads({x, aux, c0, c1, c2});
        }},
       {"fused", [&] {
@@ -102,7 +115,8 @@ int run_gate_bench(const GateBenchOptions& o, std::ostream& out) {
          clear_grads({x, aux, c0, c1, c2});
        }},
       {"module", [&] {
-         module->forward(x).backward(g);
+         const auto y = module->forward(x);
+         y.backward(g.to(y.scalar_type()));
          clear_grads({x});
          for (auto& p : module->parameters()) p.mutable_grad() = torch::Tensor();
        }},
@@ -126,7 +140,7 @@ int run_gate_bench(const GateBenchOptions& o, std::ostream& out) {
   }
 
   const double bytes = static_cast<double>(x.numel()) * x.element_size();
-  out << "gate bench: shape " << x.sizes() << " float32 on " << o.device << ", granularity "
+  out << "gate bench: shape " << x.sizes() << " " << o.dtype << " on " << o.device << ", granularity "
       << o.granularity << ", "
       << (cuda ? std::string("")
                : std::to_string(torch::get_num_threads()) + " threads, " + kernels::gate_cpu_isa() + " kernels, ")
@@ -146,6 +160,10 @@ int run_gate_bench(const GateBenchOptions& o, std::ostream& out) {
   out << std::setprecision(3) << "fused/relu=" << fused_over_relu << " composite/fused=" << med[1] / med[2]
       << " module/relu=" << med[3] / med[0] << "  (from minima: fused/relu=" << best[2] / best[0]
       << " module/relu=" << best[3] / best[0] << ")\n";
+  const auto gbps = [&](size_t v, double passes) { return passes * bytes / (med[v] * 1e-3) / 1e9; };
+  out << std::setprecision(1) << "bandwidth: fused " << gbps(2, 5) << " GB/s, relu " << gbps(0, 5)
+      << " GB/s, copy " << gbps(4, 2) << " GB/s (fused at " << std::setprecision(0)
+      << 100 * gbps(2, 5) / gbps(4, 2) << "% of a copy's)\n";
   out << std::setprecision(2) << "gate_over_relu=" << fused_over_relu << "\n";
   return 0;
 }

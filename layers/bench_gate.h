@@ -19,6 +19,9 @@ struct GateBenchOptions {
   int warmup = 3;
   /// "pixel", "channel" or "layer".
   std::string granularity = "pixel";
+  /// Element type of x: "float32", or on CUDA also "bfloat16" and "float16" (mask and
+  /// coefficients stay float32, as in training).
+  std::string dtype = "float32";
 };
 
 /// Times (median ms of interleaved iterations, float32) forward+backward of torch::relu, the

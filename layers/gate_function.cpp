@@ -177,6 +177,19 @@ class GateFunction : public torch::autograd::Function<GateFunction> {
 torch::Tensor gate_fused(const torch::Tensor& x, const torch::Tensor& aux, const torch::Tensor& mask,
                          const torch::Tensor& c0, const torch::Tensor& c1, const torch::Tensor& c2,
                          double s1, double s2, int64_t degree, torch::Tensor* moments) {
+#ifndef AUTOREP_WITH_CUDA
+  // A CUDA LibTorch built without nvcc: the same function from ATen ops on the GPU.
+  if (x.is_cuda()) {
+    if (moments) {
+      torch::NoGradGuard no_grad;
+      std::vector<int64_t> dims{0};
+      for (int64_t d = 2; d < x.dim(); ++d) dims.push_back(d);
+      const auto xd = x.detach().to(torch::kDouble);
+      *moments = torch::stack({xd.sum(dims), (xd * xd).sum(dims)});
+    }
+    return gate_composite(x, aux, mask.detach(), c0, c1, c2, s1, s2, degree);
+  }
+#endif
   return GateFunction::apply(x, aux, mask.detach(), c0, c1, c2, s1, s2, degree, moments);
 }
 

@@ -21,10 +21,22 @@ if(NOT DEFINED Torch_VERSION OR Torch_VERSION STREQUAL "")
   set(Torch_VERSION "${PACKAGE_VERSION}")
 endif()
 
-# CUDA kernels are compiled only when the LibTorch found was built with CUDA.
+# CUDA kernels are compiled when the LibTorch found was built with CUDA and a CUDA compiler
+# (nvcc) is there. A CUDA LibTorch without nvcc still trains on the GPU: the gate then runs its
+# ATen composite there (slower; gate_function.cpp).
+set(AUTOREP_TORCH_CUDA OFF)
 set(AUTOREP_WITH_CUDA OFF)
 if(TARGET torch_cuda OR CAFFE2_USE_CUDA OR TORCH_CUDA_LIBRARIES)
-  set(AUTOREP_WITH_CUDA ON)
+  set(AUTOREP_TORCH_CUDA ON)
+  include(CheckLanguage)
+  check_language(CUDA)
+  if(CMAKE_CUDA_COMPILER)
+    set(AUTOREP_WITH_CUDA ON)
+  else()
+    message(WARNING "autorep: LibTorch has CUDA but no CUDA compiler (nvcc) was found: the gate's CUDA "
+                    "kernels are left out and it runs its ATen composite on the GPU (slower). Put nvcc on "
+                    "PATH or pass -DCMAKE_CUDA_COMPILER=<nvcc> to build them.")
+  endif()
 endif()
 
 find_package(nlohmann_json 3 QUIET)
@@ -67,7 +79,7 @@ set(AUTOREP_WITH_NCCL OFF)
 if(AUTOREP_GLOO_INCLUDE AND EXISTS "${TORCH_INSTALL_PREFIX}/include/torch/csrc/distributed/c10d/ProcessGroupGloo.hpp")
   set(AUTOREP_WITH_DIST ON)
   # A CUDA LibTorch ships c10d's NCCL process group (its header is guarded by USE_C10D_NCCL).
-  if(AUTOREP_WITH_CUDA AND EXISTS "${TORCH_INSTALL_PREFIX}/include/torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp")
+  if(AUTOREP_TORCH_CUDA AND EXISTS "${TORCH_INSTALL_PREFIX}/include/torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp")
     set(AUTOREP_WITH_NCCL ON)
   endif()
 elseif(NOT AUTOREP_GLOO_INCLUDE)

@@ -1,6 +1,16 @@
-// CUDA kernels of the gate: one forward and one backward kernel, float32/float16/bfloat16
-// elements with float32 math and accumulation. No torch headers: this file compiles stand-alone
-// with `nvcc -c layers/kernels/gate_cuda.cu`.
+// CUDA kernels of the gate: forward and backward for two memory layouts, float32/float16/bfloat16
+// elements with float32 math. No atomics: every block writes its partial sums to its own row and
+// the caller reduces the rows in a fixed order (gate_kernels.h, GatePartials), so moments and
+// gradients are reproducible run to run; the moments accumulate in double, so their variance
+// stays accurate when |mean| >> std. No torch headers: this file compiles stand-alone with
+// `nvcc -c layers/kernels/gate_cuda.cu`.
+//
+// channels_first ([n, c, p], NCHW): a block works on one channel (blockIdx.y, strided when there
+// are more than 65,535) and a tile of positions (blockIdx.x); when a channel row is shorter than
+// the block, its threads also cover several batch rows. blockIdx.z splits the batch.
+// channels_last ([n, p, c]: channels_last NCHW or N×F): threads walk the channels (coalesced for
+// any p, F beyond 65,535 included); a block covers `subs` positions of a tile of channels
+// (blockIdx.x), blockIdx.y strides over the positions, blockIdx.z splits the batch.
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -16,6 +26,7 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
+constexpr int64_t kMaxGridYZ = 65535;
 
 template <typename T>
 __device__ __forceinline__ float to_float(T v);
@@ -35,10 +46,11 @@ __device__ __forceinline__ __half from_float<__half>(float v) { return __float2h
 template <>
 __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
-// Sums K values over the block; the result is valid in thread 0.
-template <int K>
-__device__ __forceinline__ void block_sum(float (&v)[K]) {
-  __shared__ float warp_sums[K][kWarps];
+// Sums K values over the block in a fixed order; the result is valid in thread 0. Ends with a
+// barrier, so it may be called again (in a loop) right away.
+template <typename A, int K>
+__device__ __forceinline__ void block_sum(A (&v)[K]) {
+  __shared__ A warp_sums[K][kWarps];
 #pragma unroll
   for (int k = 0; k < K; ++k) {
     for (int off = 16; off > 0; off >>= 1) v[k] += __shfl_down_sync(0xffffffffu, v[k], off);
@@ -52,48 +64,68 @@ __device__ __forceinline__ void block_sum(float (&v)[K]) {
   if (warp == 0) {
 #pragma unroll
     for (int k = 0; k < K; ++k) {
-      v[k] = lane < kWarps ? warp_sums[k][lane] : 0.f;
+      v[k] = lane < kWarps ? warp_sums[k][lane] : A(0);
       for (int off = 16; off > 0; off >>= 1) v[k] += __shfl_down_sync(0xffffffffu, v[k], off);
     }
   }
+  __syncthreads();
 }
 
-// Launch geometry. Every block works on one channel (blockIdx.y) so per-channel sums reduce in
-// the block; threads cover a tile of positions and, when a channel row is shorter than the
-// block, several rows of the batch at once. blockIdx.z splits the batch.
 struct Geometry {
   int64_t n, c, p;
-  int p_tile;  // positions per block
-  int rows;    // batch rows a block covers per step (kThreads / p_tile)
-  int mode;    // 0 pixel, 1 channel, 2 layer mask
+  int mode;  // 0 pixel, 1 channel, 2 layer mask
   float s1, s2;
   int degree;
+  // channels_first: positions per block and batch rows per block step.
+  // channels_last: channels per block and positions per block.
+  int tile, subs;
+  unsigned gx, gy, gz;
 };
 
-Geometry geometry_of(const GateProblem& pr) {
+int multiprocessors() {
+  int sms = 80, dev = 0;
+  if (cudaGetDevice(&dev) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  return std::max(sms, 1);
+}
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+Geometry geometry_of(const GateProblem& pr, GateLayout layout) {
   Geometry g;
   g.n = pr.n;
   g.c = pr.c;
   g.p = pr.p;
-  g.p_tile = static_cast<int>(std::min<int64_t>(pr.p, kThreads));
-  g.rows = kThreads / g.p_tile;
   g.mode = pr.mask_numel == pr.c * pr.p ? 0 : (pr.mask_numel == pr.c ? 1 : 2);
   g.s1 = static_cast<float>(pr.s1);
   g.s2 = static_cast<float>(pr.s2);
   g.degree = pr.degree;
+  const int64_t target = 4 * static_cast<int64_t>(multiprocessors());  // ~4 blocks per SM
+  int64_t gx, gy, gz;
+  if (layout == GateLayout::channels_first) {
+    g.tile = static_cast<int>(std::min<int64_t>(std::max<int64_t>(pr.p, 1), kThreads));
+    g.subs = kThreads / g.tile;
+    gx = std::max<int64_t>(1, ceil_div(pr.p, g.tile));
+    gy = std::clamp<int64_t>(pr.c, 1, kMaxGridYZ);
+    gz = std::clamp<int64_t>(ceil_div(target, gx * gy), 1,
+                             std::clamp<int64_t>(ceil_div(pr.n, g.subs), 1, kMaxGridYZ));
+  } else {
+    g.tile = static_cast<int>(std::min<int64_t>(ceil_div(std::max<int64_t>(pr.c, 1), 32) * 32, kThreads));
+    g.subs = kThreads / g.tile;
+    gx = std::max<int64_t>(1, ceil_div(pr.c, g.tile));
+    gy = std::clamp<int64_t>(ceil_div(target, gx), 1, std::clamp<int64_t>(ceil_div(pr.p, g.subs), 1, kMaxGridYZ));
+    gz = std::clamp<int64_t>(ceil_div(target, gx * gy), 1, std::clamp<int64_t>(pr.n, 1, kMaxGridYZ));
+  }
+  g.gx = static_cast<unsigned>(gx);
+  g.gy = static_cast<unsigned>(gy);
+  g.gz = static_cast<unsigned>(gz);
   return g;
 }
 
-dim3 grid_of(const Geometry& g) {
-  int sms = 80;
-  int dev = 0;
-  if (cudaGetDevice(&dev) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-  const int64_t gx = (g.p + g.p_tile - 1) / g.p_tile;
-  const int64_t base = gx * g.c;
-  const int64_t max_split = std::max<int64_t>(1, (g.n + g.rows - 1) / g.rows);
-  // Aim for ~4 blocks per SM in total.
-  const int64_t split = std::clamp<int64_t>((4 * sms + base - 1) / base, 1, std::min<int64_t>(max_split, 65535));
-  return dim3(static_cast<unsigned>(gx), static_cast<unsigned>(g.c), static_cast<unsigned>(split));
+// Row of a block in the per-channel partial buffers, and how many rows there are.
+__device__ __forceinline__ int64_t partial_row(GateLayout layout) {
+  return layout == GateLayout::channels_first
+             ? static_cast<int64_t>(blockIdx.z) * gridDim.x + blockIdx.x
+             : static_cast<int64_t>(blockIdx.z) * gridDim.y + blockIdx.y;
 }
 
 struct Coeffs {
@@ -105,153 +137,288 @@ __device__ __forceinline__ Coeffs coeffs_of(const Geometry& g, const float* c0, 
   return {c0[c], g.s1 * c1[c], g.degree >= 2 ? g.s2 * c2[c] : 0.f};
 }
 
+__device__ __forceinline__ float mask_at(const Geometry& g, const float* mask, int64_t c, int64_t p) {
+  return g.mode == 0 ? mask[c * g.p + p] : (g.mode == 1 ? mask[c] : mask[0]);
+}
+
+// ---- channels_first -----------------------------------------------------------------------
+
 template <typename T, bool MOMENTS>
 __global__ void __launch_bounds__(kThreads)
-    gate_forward_kernel(Geometry g, const T* __restrict__ x, const float* __restrict__ mask,
-                        const float* __restrict__ c0, const float* __restrict__ c1,
-                        const float* __restrict__ c2, T* __restrict__ y, float* __restrict__ moments) {
-  const int64_t c = blockIdx.y;
-  const int64_t p = static_cast<int64_t>(blockIdx.x) * g.p_tile + threadIdx.x % g.p_tile;
-  const int sub = threadIdx.x / g.p_tile;
-  const bool active = sub < g.rows && p < g.p;
-  const Coeffs q = coeffs_of(g, c0, c1, c2, c);
-  float s[2] = {0.f, 0.f};
-  if (active) {
-    const float m = g.mode == 0 ? mask[c * g.p + p] : (g.mode == 1 ? mask[c] : mask[0]);
-    const int64_t step = static_cast<int64_t>(g.rows) * gridDim.z;
-    for (int64_t n = static_cast<int64_t>(blockIdx.z) * g.rows + sub; n < g.n; n += step) {
-      const int64_t i = (n * g.c + c) * g.p + p;
-      const float xv = to_float(x[i]);
-      const float r = fmaxf(xv, 0.f);
-      const float qv = fmaf(xv, fmaf(q.d, xv, q.b), q.a);
-      y[i] = from_float<T>(m > 0.5f ? r : qv);
-      if (MOMENTS) {
-        s[0] += xv;
-        s[1] = fmaf(xv, xv, s[1]);
+    forward_cf(Geometry g, const T* __restrict__ x, const float* __restrict__ mask,
+               const float* __restrict__ c0, const float* __restrict__ c1, const float* __restrict__ c2,
+               T* __restrict__ y, double* __restrict__ moments) {
+  const int64_t p = static_cast<int64_t>(blockIdx.x) * g.tile + threadIdx.x % g.tile;
+  const int sub = threadIdx.x / g.tile;
+  const bool active = sub < g.subs && p < g.p;
+  const int64_t row = partial_row(GateLayout::channels_first);
+  const int64_t step = static_cast<int64_t>(g.subs) * gridDim.z;
+  for (int64_t c = blockIdx.y; c < g.c; c += gridDim.y) {
+    const Coeffs q = coeffs_of(g, c0, c1, c2, c);
+    double s[2] = {0.0, 0.0};
+    if (active) {
+      const bool kept = mask_at(g, mask, c, p) > 0.5f;
+      for (int64_t n = static_cast<int64_t>(blockIdx.z) * g.subs + sub; n < g.n; n += step) {
+        const int64_t i = (n * g.c + c) * g.p + p;
+        const float xv = to_float(x[i]);
+        // Select, not blend: a kept position stays relu(x) where the polynomial overflows.
+        y[i] = from_float<T>(kept ? fmaxf(xv, 0.f) : fmaf(xv, fmaf(q.d, xv, q.b), q.a));
+        if (MOMENTS) {
+          s[0] += xv;
+          s[1] += static_cast<double>(xv) * xv;
+        }
+      }
+    }
+    if (MOMENTS) {
+      block_sum(s);
+      if (threadIdx.x == 0) {
+        moments[(row * 2 + 0) * g.c + c] = s[0];
+        moments[(row * 2 + 1) * g.c + c] = s[1];
+      }
+    }
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    backward_cf(Geometry g, const T* __restrict__ x, const T* __restrict__ gy,
+                const float* __restrict__ mask, const float* __restrict__ c0, const float* __restrict__ c1,
+                const float* __restrict__ c2, T* __restrict__ dx, float* __restrict__ g_mask,
+                float* __restrict__ dc) {
+  __shared__ float tile_gm[kThreads];  // per-thread mask gradient (pixel masks)
+  const int pt = threadIdx.x % g.tile;
+  const int64_t p = static_cast<int64_t>(blockIdx.x) * g.tile + pt;
+  const int sub = threadIdx.x / g.tile;
+  const bool active = sub < g.subs && p < g.p;
+  const int64_t row = partial_row(GateLayout::channels_first);
+  const int64_t step = static_cast<int64_t>(g.subs) * gridDim.z;
+  for (int64_t c = blockIdx.y; c < g.c; c += gridDim.y) {
+    const Coeffs q = coeffs_of(g, c0, c1, c2, c);
+    const float two_d = 2.f * q.d;
+    // s: mask gradient, then the coefficient sums of g*(1-m)*{1, x, x^2}
+    float s[4] = {0.f, 0.f, 0.f, 0.f};
+    if (active) {
+      const bool kept = mask_at(g, mask, c, p) > 0.5f;
+      for (int64_t n = static_cast<int64_t>(blockIdx.z) * g.subs + sub; n < g.n; n += step) {
+        const int64_t i = (n * g.c + c) * g.p + p;
+        const float xv = to_float(x[i]);
+        const float gv = to_float(gy[i]);
+        const float pos = xv > 0.f ? 1.f : 0.f;
+        const float qv = fmaf(xv, fmaf(q.d, xv, q.b), q.a);
+        dx[i] = from_float<T>(gv * (kept ? pos : fmaf(two_d, xv, q.b)));
+        s[0] = fmaf(gv, xv * pos - qv, s[0]);
+        const float gq = kept ? 0.f : gv;
+        s[1] += gq;
+        s[2] = fmaf(gq, xv, s[2]);
+        s[3] = fmaf(gq * xv, xv, s[3]);
+      }
+    }
+    if (g.mode == 0) {
+      // Each position's sum over the block's batch rows, in row order.
+      tile_gm[threadIdx.x] = s[0];
+      __syncthreads();
+      if (sub == 0 && p < g.p) {
+        float t = 0.f;
+        for (int r = 0; r < g.subs; ++r) t += tile_gm[r * g.tile + pt];
+        g_mask[static_cast<int64_t>(blockIdx.z) * (g.c * g.p) + c * g.p + p] = t;
+      }
+      __syncthreads();
+      s[0] = 0.f;
+    }
+    block_sum(s);
+    if (threadIdx.x == 0) {
+      if (g.mode != 0) g_mask[row * g.c + c] = s[0];
+      dc[(row * 3 + 0) * g.c + c] = s[1];
+      dc[(row * 3 + 1) * g.c + c] = g.s1 * s[2];
+      dc[(row * 3 + 2) * g.c + c] = g.degree >= 2 ? g.s2 * s[3] : 0.f;
+    }
+  }
+}
+
+// ---- channels_last --------------------------------------------------------------------------
+
+// Sums K per-thread values over the `subs` positions of a block that share a channel, in order;
+// the result is valid in the threads with sub == 0.
+template <typename A, int K>
+__device__ __forceinline__ void channel_sum(const Geometry& g, A (&v)[K]) {
+  __shared__ A part[K][kThreads];
+#pragma unroll
+  for (int k = 0; k < K; ++k) part[k][threadIdx.x] = v[k];
+  __syncthreads();
+  if (threadIdx.x < g.tile) {
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      A t = part[k][threadIdx.x];
+      for (int r = 1; r < g.subs; ++r) t += part[k][r * g.tile + threadIdx.x];
+      v[k] = t;
+    }
+  }
+  __syncthreads();
+}
+
+template <typename T, bool MOMENTS>
+__global__ void __launch_bounds__(kThreads)
+    forward_cl(Geometry g, const T* __restrict__ x, const float* __restrict__ mask,
+               const float* __restrict__ c0, const float* __restrict__ c1, const float* __restrict__ c2,
+               T* __restrict__ y, double* __restrict__ moments) {
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * g.tile + threadIdx.x % g.tile;
+  const int sub = threadIdx.x / g.tile;
+  const bool on = sub < g.subs && c < g.c;
+  double s[2] = {0.0, 0.0};
+  if (on) {
+    const Coeffs q = coeffs_of(g, c0, c1, c2, c);
+    for (int64_t p = static_cast<int64_t>(blockIdx.y) * g.subs + sub; p < g.p;
+         p += static_cast<int64_t>(gridDim.y) * g.subs) {
+      const bool kept = mask_at(g, mask, c, p) > 0.5f;
+      for (int64_t n = blockIdx.z; n < g.n; n += gridDim.z) {
+        const int64_t i = (n * g.p + p) * g.c + c;
+        const float xv = to_float(x[i]);
+        y[i] = from_float<T>(kept ? fmaxf(xv, 0.f) : fmaf(xv, fmaf(q.d, xv, q.b), q.a));
+        if (MOMENTS) {
+          s[0] += xv;
+          s[1] += static_cast<double>(xv) * xv;
+        }
       }
     }
   }
   if (MOMENTS) {
-    block_sum<2>(s);
-    if (threadIdx.x == 0) {
-      atomicAdd(&moments[c], s[0]);
-      atomicAdd(&moments[g.c + c], s[1]);
+    channel_sum(g, s);
+    if (threadIdx.x < g.tile && c < g.c) {
+      const int64_t row = partial_row(GateLayout::channels_last);
+      moments[(row * 2 + 0) * g.c + c] = s[0];
+      moments[(row * 2 + 1) * g.c + c] = s[1];
     }
   }
 }
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    gate_backward_kernel(Geometry g, const T* __restrict__ x, const T* __restrict__ gy,
-                         const float* __restrict__ mask, const float* __restrict__ c0,
-                         const float* __restrict__ c1, const float* __restrict__ c2, T* __restrict__ dx,
-                         float* __restrict__ g_mask, float* __restrict__ dc) {
-  __shared__ float tile_gm[kThreads];  // per-position mask gradient (pixel masks)
-  const int64_t c = blockIdx.y;
-  const int pt = threadIdx.x % g.p_tile;
-  const int64_t p = static_cast<int64_t>(blockIdx.x) * g.p_tile + pt;
-  const int sub = threadIdx.x / g.p_tile;
-  const bool active = sub < g.rows && p < g.p;
-  const Coeffs q = coeffs_of(g, c0, c1, c2, c);
-  const float two_d = 2.f * q.d;
-  if (g.mode == 0) {
-    tile_gm[threadIdx.x] = 0.f;
-    __syncthreads();
-  }
-  // s: mask gradient, then the coefficient sums of g*(1-m)*{1, x, x^2}
+    backward_cl(Geometry g, const T* __restrict__ x, const T* __restrict__ gy,
+                const float* __restrict__ mask, const float* __restrict__ c0, const float* __restrict__ c1,
+                const float* __restrict__ c2, T* __restrict__ dx, float* __restrict__ g_mask,
+                float* __restrict__ dc) {
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * g.tile + threadIdx.x % g.tile;
+  const int sub = threadIdx.x / g.tile;
+  const bool on = sub < g.subs && c < g.c;
   float s[4] = {0.f, 0.f, 0.f, 0.f};
-  if (active) {
-    const float m = g.mode == 0 ? mask[c * g.p + p] : (g.mode == 1 ? mask[c] : mask[0]);
-    const bool kept = m > 0.5f;
-    const int64_t step = static_cast<int64_t>(g.rows) * gridDim.z;
-    for (int64_t n = static_cast<int64_t>(blockIdx.z) * g.rows + sub; n < g.n; n += step) {
-      const int64_t i = (n * g.c + c) * g.p + p;
-      const float xv = to_float(x[i]);
-      const float gv = to_float(gy[i]);
-      const float pos = xv > 0.f ? 1.f : 0.f;
-      const float qv = fmaf(xv, fmaf(q.d, xv, q.b), q.a);
-      dx[i] = from_float<T>(gv * (kept ? pos : fmaf(two_d, xv, q.b)));
-      s[0] = fmaf(gv, xv * pos - qv, s[0]);
-      const float gq = kept ? 0.f : gv;
-      s[1] += gq;
-      s[2] = fmaf(gq, xv, s[2]);
-      s[3] = fmaf(gq * xv, xv, s[3]);
-    }
-  }
-  if (g.mode == 0) {
-    if (active) atomicAdd(&tile_gm[pt], s[0]);
-    __syncthreads();
-    if (threadIdx.x < g.p_tile && p < g.p) {
-      if (gridDim.z == 1) {
-        g_mask[c * g.p + p] = tile_gm[threadIdx.x];
+  if (on) {
+    const Coeffs q = coeffs_of(g, c0, c1, c2, c);
+    const float two_d = 2.f * q.d;
+    for (int64_t p = static_cast<int64_t>(blockIdx.y) * g.subs + sub; p < g.p;
+         p += static_cast<int64_t>(gridDim.y) * g.subs) {
+      const bool kept = mask_at(g, mask, c, p) > 0.5f;
+      float gm = 0.f;
+      for (int64_t n = blockIdx.z; n < g.n; n += gridDim.z) {
+        const int64_t i = (n * g.p + p) * g.c + c;
+        const float xv = to_float(x[i]);
+        const float gv = to_float(gy[i]);
+        const float pos = xv > 0.f ? 1.f : 0.f;
+        const float qv = fmaf(xv, fmaf(q.d, xv, q.b), q.a);
+        dx[i] = from_float<T>(gv * (kept ? pos : fmaf(two_d, xv, q.b)));
+        gm = fmaf(gv, xv * pos - qv, gm);
+        const float gq = kept ? 0.f : gv;
+        s[1] += gq;
+        s[2] = fmaf(gq, xv, s[2]);
+        s[3] = fmaf(gq * xv, xv, s[3]);
+      }
+      // One thread per (channel, position) and batch split: its own entry.
+      if (g.mode == 0) {
+        g_mask[static_cast<int64_t>(blockIdx.z) * (g.c * g.p) + c * g.p + p] = gm;
       } else {
-        atomicAdd(&g_mask[c * g.p + p], tile_gm[threadIdx.x]);
+        s[0] += gm;
       }
     }
-    s[0] = 0.f;
   }
-  block_sum<4>(s);
-  if (threadIdx.x == 0) {
-    if (g.mode == 1) atomicAdd(&g_mask[c], s[0]);
-    if (g.mode == 2) atomicAdd(&g_mask[0], s[0]);
-    atomicAdd(&dc[c], s[1]);
-    atomicAdd(&dc[g.c + c], g.s1 * s[2]);
-    if (g.degree >= 2) atomicAdd(&dc[2 * g.c + c], g.s2 * s[3]);
+  channel_sum(g, s);
+  if (threadIdx.x < g.tile && c < g.c) {
+    const int64_t row = partial_row(GateLayout::channels_last);
+    if (g.mode != 0) g_mask[row * g.c + c] = s[0];
+    dc[(row * 3 + 0) * g.c + c] = s[1];
+    dc[(row * 3 + 1) * g.c + c] = g.s1 * s[2];
+    dc[(row * 3 + 2) * g.c + c] = g.degree >= 2 ? g.s2 * s[3] : 0.f;
   }
 }
 
+// ---- launches -------------------------------------------------------------------------------
+
 template <typename T>
-int launch_forward(const GateProblem& pr, const void* x, const float* mask, const float* c0,
-                   const float* c1, const float* c2, void* y, float* moments, cudaStream_t stream) {
+int launch_forward(const GateProblem& pr, GateLayout layout, const void* x, const float* mask,
+                   const float* c0, const float* c1, const float* c2, void* y, double* moments,
+                   cudaStream_t stream) {
   if (pr.n * pr.c * pr.p == 0) return 0;
-  const Geometry g = geometry_of(pr);
-  const dim3 grid = grid_of(g);
-  if (moments) {
-    gate_forward_kernel<T, true><<<grid, kThreads, 0, stream>>>(
-        g, static_cast<const T*>(x), mask, c0, c1, c2, static_cast<T*>(y), moments);
+  const Geometry g = geometry_of(pr, layout);
+  const dim3 grid(g.gx, g.gy, g.gz);
+  const auto* xt = static_cast<const T*>(x);
+  auto* yt = static_cast<T*>(y);
+  if (layout == GateLayout::channels_first) {
+    if (moments) {
+      forward_cf<T, true><<<grid, kThreads, 0, stream>>>(g, xt, mask, c0, c1, c2, yt, moments);
+    } else {
+      forward_cf<T, false><<<grid, kThreads, 0, stream>>>(g, xt, mask, c0, c1, c2, yt, nullptr);
+    }
   } else {
-    gate_forward_kernel<T, false><<<grid, kThreads, 0, stream>>>(
-        g, static_cast<const T*>(x), mask, c0, c1, c2, static_cast<T*>(y), nullptr);
+    if (moments) {
+      forward_cl<T, true><<<grid, kThreads, 0, stream>>>(g, xt, mask, c0, c1, c2, yt, moments);
+    } else {
+      forward_cl<T, false><<<grid, kThreads, 0, stream>>>(g, xt, mask, c0, c1, c2, yt, nullptr);
+    }
   }
   return static_cast<int>(cudaGetLastError());
 }
 
 template <typename T>
-int launch_backward(const GateProblem& pr, const void* x, const void* gy, const float* mask,
-                    const float* c0, const float* c1, const float* c2, void* dx, float* g_mask,
-                    float* dc, cudaStream_t stream) {
+int launch_backward(const GateProblem& pr, GateLayout layout, const void* x, const void* gy,
+                    const float* mask, const float* c0, const float* c1, const float* c2, void* dx,
+                    float* g_mask, float* dc, cudaStream_t stream) {
   if (pr.n * pr.c * pr.p == 0) return 0;
-  const Geometry g = geometry_of(pr);
-  const dim3 grid = grid_of(g);
-  gate_backward_kernel<T><<<grid, kThreads, 0, stream>>>(g, static_cast<const T*>(x),
-                                                         static_cast<const T*>(gy), mask, c0, c1, c2,
-                                                         static_cast<T*>(dx), g_mask, dc);
+  const Geometry g = geometry_of(pr, layout);
+  const dim3 grid(g.gx, g.gy, g.gz);
+  const auto* xt = static_cast<const T*>(x);
+  const auto* gt = static_cast<const T*>(gy);
+  auto* dxt = static_cast<T*>(dx);
+  if (layout == GateLayout::channels_first) {
+    backward_cf<T><<<grid, kThreads, 0, stream>>>(g, xt, gt, mask, c0, c1, c2, dxt, g_mask, dc);
+  } else {
+    backward_cl<T><<<grid, kThreads, 0, stream>>>(g, xt, gt, mask, c0, c1, c2, dxt, g_mask, dc);
+  }
   return static_cast<int>(cudaGetLastError());
 }
 
 }  // namespace
 
-int gate_forward_cuda(const GateProblem& pr, GateDtype dt, const void* x, const float* mask,
-                      const float* c0, const float* c1, const float* c2, void* y, float* moments,
-                      void* stream) {
+GatePartials gate_cuda_partials(const GateProblem& pr, GateLayout layout) {
+  const Geometry g = geometry_of(pr, layout);
+  GatePartials out;
+  out.rows = layout == GateLayout::channels_first ? static_cast<int64_t>(g.gz) * g.gx
+                                                  : static_cast<int64_t>(g.gz) * g.gy;
+  out.mask_rows = g.gz;
+  return out;
+}
+
+int gate_forward_cuda(const GateProblem& pr, GateDtype dt, GateLayout layout, const void* x,
+                      const float* mask, const float* c0, const float* c1, const float* c2, void* y,
+                      double* moments, void* stream) {
   const auto s = static_cast<cudaStream_t>(stream);
   switch (dt) {
-    case GateDtype::f32: return launch_forward<float>(pr, x, mask, c0, c1, c2, y, moments, s);
-    case GateDtype::f16: return launch_forward<__half>(pr, x, mask, c0, c1, c2, y, moments, s);
-    case GateDtype::bf16: return launch_forward<__nv_bfloat16>(pr, x, mask, c0, c1, c2, y, moments, s);
+    case GateDtype::f32: return launch_forward<float>(pr, layout, x, mask, c0, c1, c2, y, moments, s);
+    case GateDtype::f16: return launch_forward<__half>(pr, layout, x, mask, c0, c1, c2, y, moments, s);
+    case GateDtype::bf16:
+      return launch_forward<__nv_bfloat16>(pr, layout, x, mask, c0, c1, c2, y, moments, s);
   }
   return static_cast<int>(cudaErrorInvalidValue);
 }
 
-int gate_backward_cuda(const GateProblem& pr, GateDtype dt, const void* x, const void* g,
-                       const float* mask, const float* c0, const float* c1, const float* c2, void* dx,
-                       float* g_mask, float* dc, void* stream) {
+int gate_backward_cuda(const GateProblem& pr, GateDtype dt, GateLayout layout, const void* x,
+                       const void* g, const float* mask, const float* c0, const float* c1,
+                       const float* c2, void* dx, float* g_mask, float* dc, void* stream) {
   const auto s = static_cast<cudaStream_t>(stream);
   switch (dt) {
-    case GateDtype::f32: return launch_backward<float>(pr, x, g, mask, c0, c1, c2, dx, g_mask, dc, s);
-    case GateDtype::f16: return launch_backward<__half>(pr, x, g, mask, c0, c1, c2, dx, g_mask, dc, s);
+    case GateDtype::f32:
+      return launch_backward<float>(pr, layout, x, g, mask, c0, c1, c2, dx, g_mask, dc, s);
+    case GateDtype::f16:
+      return launch_backward<__half>(pr, layout, x, g, mask, c0, c1, c2, dx, g_mask, dc, s);
     case GateDtype::bf16:
-      return launch_backward<__nv_bfloat16>(pr, x, g, mask, c0, c1, c2, dx, g_mask, dc, s);
+      return launch_backward<__nv_bfloat16>(pr, layout, x, g, mask, c0, c1, c2, dx, g_mask, dc, s);
   }
   return static_cast<int>(cudaErrorInvalidValue);
 }

@@ -17,6 +17,21 @@ GateDtype dtype_of(const torch::Tensor& x) {
   }
 }
 
+// N×F inputs are rows of channels; a 4-d input in channels_last memory is too. Everything else
+// runs channels_first.
+GateLayout layout_of(const torch::Tensor& x) {
+  if (x.dim() == 2) return GateLayout::channels_last;
+  if (x.dim() == 4 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast)) {
+    return GateLayout::channels_last;
+  }
+  return GateLayout::channels_first;
+}
+
+torch::Tensor in_layout(const torch::Tensor& t, GateLayout layout) {
+  return layout == GateLayout::channels_last && t.dim() == 4 ? t.contiguous(at::MemoryFormat::ChannelsLast)
+                                                             : t.contiguous();
+}
+
 // Mask and coefficients travel as float32 whatever the element type.
 torch::Tensor small_f32(const torch::Tensor& t) { return t.to(torch::kFloat).contiguous(); }
 
@@ -33,18 +48,22 @@ torch::Tensor gate_forward_cuda_tensors(const GateProblem& pr, const torch::Tens
                                         torch::Tensor* moments) {
   const c10::cuda::CUDAGuard guard(x.device());
   const GateDtype dt = dtype_of(x);
-  const auto xc = x.contiguous();
+  const GateLayout layout = layout_of(x);
+  const auto xc = in_layout(x, layout);
   const auto m = small_f32(mask), a0 = small_f32(c0), a1 = small_f32(c1), a2 = small_f32(c2);
-  auto y = at::empty_like(xc, at::MemoryFormat::Contiguous);
-  float* mom = nullptr;
+  auto y = at::empty_like(xc);  // keeps xc's memory format
+  torch::Tensor partials;
+  double* part = nullptr;
   if (moments) {
-    *moments = torch::zeros({2, pr.c}, xc.options().dtype(torch::kFloat));
-    mom = moments->data_ptr<float>();
+    // Zeros: an empty batch launches nothing and must sum to 0.
+    partials = torch::zeros({gate_cuda_partials(pr, layout).rows, 2, pr.c}, xc.options().dtype(torch::kDouble));
+    part = partials.data_ptr<double>();
   }
-  check(gate_forward_cuda(pr, dt, xc.data_ptr(), m.data_ptr<float>(), a0.data_ptr<float>(),
-                          a1.data_ptr<float>(), a2.data_ptr<float>(), y.data_ptr(), mom,
+  check(gate_forward_cuda(pr, dt, layout, xc.data_ptr(), m.data_ptr<float>(), a0.data_ptr<float>(),
+                          a1.data_ptr<float>(), a2.data_ptr<float>(), y.data_ptr(), part,
                           at::cuda::getCurrentCUDAStream().stream()),
         "forward");
+  if (moments) *moments = partials.sum(0);
   return y;
 }
 
@@ -53,19 +72,26 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> gate_backward_cuda_tenso
     const torch::Tensor& c0, const torch::Tensor& c1, const torch::Tensor& c2) {
   const c10::cuda::CUDAGuard guard(x.device());
   const GateDtype dt = dtype_of(x);
-  const auto xc = x.contiguous();
-  const auto gc = g.to(xc.scalar_type()).contiguous();
+  const GateLayout layout = layout_of(x);
+  const auto xc = in_layout(x, layout);
+  const auto gc = in_layout(g.to(xc.scalar_type()), layout);
   const auto m = small_f32(mask), a0 = small_f32(c0), a1 = small_f32(c1), a2 = small_f32(c2);
-  auto dx = at::empty_like(xc, at::MemoryFormat::Contiguous);
+  auto dx = at::empty_like(xc);
   const auto f32 = xc.options().dtype(torch::kFloat);
-  auto g_mask = torch::zeros({pr.mask_numel}, f32);
-  auto dc = torch::zeros({3, pr.c}, f32);
-  check(gate_backward_cuda(pr, dt, xc.data_ptr(), gc.data_ptr(), m.data_ptr<float>(),
+  const GatePartials rows = gate_cuda_partials(pr, layout);
+  const bool pixel = pr.mask_numel == pr.c * pr.p;
+  // Zeros: an empty batch launches nothing and must sum to 0.
+  auto gm_part = pixel ? torch::zeros({rows.mask_rows, pr.c * pr.p}, f32) : torch::zeros({rows.rows, pr.c}, f32);
+  auto dc_part = torch::zeros({rows.rows, 3, pr.c}, f32);
+  check(gate_backward_cuda(pr, dt, layout, xc.data_ptr(), gc.data_ptr(), m.data_ptr<float>(),
                            a0.data_ptr<float>(), a1.data_ptr<float>(), a2.data_ptr<float>(),
-                           dx.data_ptr(), g_mask.data_ptr<float>(), dc.data_ptr<float>(),
+                           dx.data_ptr(), gm_part.data_ptr<float>(), dc_part.data_ptr<float>(),
                            at::cuda::getCurrentCUDAStream().stream()),
         "backward");
-  return {dx, g_mask, dc};
+  torch::Tensor g_mask = gm_part.sum(0);
+  // A channel mask equals a pixel mask when p == 1; a layer mask is the sum over its channels.
+  if (pr.mask_numel == 1 && !pixel) g_mask = g_mask.sum().reshape({1});
+  return {dx, g_mask, dc_part.sum(0)};
 }
 
 }  // namespace autorep::layers::kernels

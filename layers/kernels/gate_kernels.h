@@ -58,21 +58,42 @@ bool gate_cpu_set_isa(const char* isa);
 
 // ---- CUDA (layers/kernels/gate_cuda.cu) ------------------------------------------------------
 
-/// Element type of x, g, y and dx on the GPU. Mask and coefficients are float32; every sum
-/// accumulates in float32.
+/// Element type of x, g, y and dx on the GPU. Mask and coefficients are float32; the math is
+/// float32, the moments accumulate in double.
 enum class GateDtype { f32, f16, bf16 };
 
-/// Same contract as gate_forward_cpu; `moments` (2*c floats, device memory, zero on entry)
-/// may be null. Returns 0 or the cudaError_t of the launch.
-int gate_forward_cuda(const GateProblem& pr, GateDtype dt, const void* x, const float* mask,
-                      const float* c0, const float* c1, const float* c2, void* y, float* moments,
-                      void* stream);
+/// Memory layout of x (and g, y, dx) on the GPU.
+///   channels_first: [n, c, p] contiguous (NCHW).
+///   channels_last:  [n, p, c] contiguous: an NCHW tensor in channels_last memory, or an N×F
+///                   input (p = 1). Threads walk the channels, so loads coalesce however small p is.
+enum class GateLayout { channels_first, channels_last };
 
-/// Same contract as gate_backward_cpu, all pointers device memory, except that g_mask and dc
-/// must be zero on entry (they are accumulated with atomics across blocks, so float sums are
-/// not bit-reproducible run to run). Returns 0 or the cudaError_t of the launch.
-int gate_backward_cuda(const GateProblem& pr, GateDtype dt, const void* x, const void* g,
-                       const float* mask, const float* c0, const float* c1, const float* c2, void* dx,
-                       float* g_mask, float* dc, void* stream);
+/// Rows of the partial-sum buffers the CUDA kernels write instead of accumulating with atomics:
+/// every block writes its own row, and the caller sums the rows in a fixed order, so every
+/// reduction (moments, mask and coefficient gradients) is the same from run to run.
+///   moments  [rows, 2, c] double   (sum x, sum x^2)
+///   dc       [rows, 3, c] float    (dc0, dc1, dc2)
+///   g_mask   [rows, c] float for channel and layer masks (the layer's is the sum of all),
+///            [mask_rows, c*p] float for pixel masks.
+/// Depends on the sizes, the layout and the current device's multiprocessor count only.
+struct GatePartials {
+  int64_t rows = 1;
+  int64_t mask_rows = 1;
+};
+GatePartials gate_cuda_partials(const GateProblem& pr, GateLayout layout);
+
+/// Same contract as gate_forward_cpu in `layout`; `moment_partials` (gate_cuda_partials' rows x
+/// 2 x c doubles, device memory, any content) may be null. Returns 0 or the cudaError_t.
+int gate_forward_cuda(const GateProblem& pr, GateDtype dt, GateLayout layout, const void* x,
+                      const float* mask, const float* c0, const float* c1, const float* c2, void* y,
+                      double* moment_partials, void* stream);
+
+/// Same contract as gate_backward_cpu in `layout`, all pointers device memory; g_mask and dc are
+/// written as the partial rows above (every entry written, any content on entry). Returns 0 or
+/// the cudaError_t of the launch.
+int gate_backward_cuda(const GateProblem& pr, GateDtype dt, GateLayout layout, const void* x,
+                       const void* g, const float* mask, const float* c0, const float* c1,
+                       const float* c2, void* dx, float* g_mask_partials, float* dc_partials,
+                       void* stream);
 
 }  // namespace autorep::layers::kernels

@@ -613,6 +613,147 @@ TEST_CASE("CUDA kernels match the composite reference (float32, float16, bfloat1
     }
   }
 }
+
+namespace {
+
+// The fused gate on the GPU at `x` (any layout; float32 coefficients), with every gradient and
+// the moments, returned on the CPU in float64.
+struct CudaGate {
+  torch::Tensor y, dx, daux, dc0, dc1, dc2, moments;
+};
+CudaGate cuda_gate(const GateInputs& in, const torch::Tensor& x_on_gpu) {
+  const torch::Device dev(torch::kCUDA);
+  auto x = x_on_gpu.detach().requires_grad_(true);
+  auto aux = in.aux.detach().to(torch::kFloat).to(dev).requires_grad_(true);
+  auto c0 = in.c0.detach().to(torch::kFloat).to(dev).requires_grad_(true);
+  auto c1 = in.c1.detach().to(torch::kFloat).to(dev).requires_grad_(true);
+  auto c2 = in.c2.detach().to(torch::kFloat).to(dev).requires_grad_(true);
+  torch::Tensor moments;
+  auto y = gate_fused(x, aux, in.mask.to(torch::kFloat).to(dev), c0, c1, c2, 1.0, 0.1, 2, &moments);
+  const auto g = in.g.to(x.scalar_type()).to(dev).contiguous(x.is_contiguous() ? at::MemoryFormat::Contiguous
+                                                                               : at::MemoryFormat::ChannelsLast);
+  auto grads = torch::autograd::grad({y}, {x, aux, c0, c1, c2}, {g});
+  const auto cpu = [](const torch::Tensor& t) { return t.to(torch::kCPU).to(torch::kDouble); };
+  return {cpu(y), cpu(grads[0]), cpu(grads[1]), cpu(grads[2]), cpu(grads[3]), cpu(grads[4]), cpu(moments)};
+}
+
+void check_against_reference(const CudaGate& c, const GateInputs& in, double tol) {
+  GateInputs r = in;
+  r.x = in.x.detach().to(torch::kDouble).requires_grad_(true);
+  const auto rr = run_gate(r, false, 2);
+  const double scale = rr.dc2.abs().max().item<double>() + 1;
+  CHECK(torch::allclose(c.y, rr.y, tol, tol));
+  CHECK(torch::allclose(c.dx, rr.dx, tol, tol));
+  CHECK(torch::allclose(c.daux, rr.daux, 1e-3, 1e-3 * scale));
+  CHECK(torch::allclose(c.dc0, rr.dc0, 1e-3, 1e-3 * scale));
+  CHECK(torch::allclose(c.dc1, rr.dc1, 1e-3, 1e-3 * scale));
+  CHECK(torch::allclose(c.dc2, rr.dc2, 1e-3, 1e-3 * scale));
+  std::vector<int64_t> dims{0};
+  for (int64_t d = 2; d < in.x.dim(); ++d) dims.push_back(d);
+  const auto xd = r.x.detach();
+  CHECK(torch::allclose(c.moments[0], xd.sum(dims), 1e-6, 1e-6));
+  CHECK(torch::allclose(c.moments[1], (xd * xd).sum(dims), 1e-6, 1e-6));
+}
+
+}  // namespace
+
+TEST_CASE("CUDA kernels: channels_last, non-contiguous and N x F beyond 65,535 features", "[gate][cuda]") {
+  if (!torch::cuda::is_available()) {
+    WARN("built with CUDA kernels but no CUDA device is available: skipped");
+    return;
+  }
+  torch::manual_seed(13);
+  const torch::Device dev(torch::kCUDA);
+  for (std::string gran : {"pixel", "channel", "layer"}) {
+    CAPTURE(gran);
+    // channels_last memory: the result keeps that format (no hidden copy) and matches.
+    for (std::vector<int64_t> shape : {std::vector<int64_t>{5, 40, 7, 7}, std::vector<int64_t>{3, 300, 4, 4},
+                                       std::vector<int64_t>{2, 8, 33, 31}}) {
+      CAPTURE(shape);
+      const auto in = make_inputs(shape, gran, torch::kFloat);
+      const auto xcl = in.x.detach().to(dev).contiguous(at::MemoryFormat::ChannelsLast);
+      torch::Tensor y_format;
+      {
+        torch::NoGradGuard ng;
+        const auto c = [&](const torch::Tensor& t) { return t.detach().to(dev); };
+        y_format = gate_fused(xcl, c(in.aux), c(in.mask), c(in.c0), c(in.c1), c(in.c2), 1.0, 0.1, 2);
+      }
+      CHECK(y_format.is_contiguous(at::MemoryFormat::ChannelsLast));
+      check_against_reference(cuda_gate(in, xcl), in, 1e-4);
+      // A non-contiguous view (every other sample).
+      const auto wide = torch::randn({2 * shape[0], shape[1], shape[2], shape[3]}).to(dev);
+      GateInputs strided = in;
+      strided.x = wide.slice(0, 0, 2 * shape[0], 2).cpu();
+      check_against_reference(cuda_gate(strided, wide.slice(0, 0, 2 * shape[0], 2)), strided, 1e-4);
+    }
+    // N x F with more features than a grid dimension holds.
+    const auto in = make_inputs({4, 70000}, gran, torch::kFloat);
+    check_against_reference(cuda_gate(in, in.x.detach().to(dev)), in, 1e-4);
+  }
+}
+
+TEST_CASE("CUDA kernels: moments and gradients are the same bits run to run, and accurate for |mean| >> std",
+          "[gate][cuda]") {
+  if (!torch::cuda::is_available()) {
+    WARN("built with CUDA kernels but no CUDA device is available: skipped");
+    return;
+  }
+  torch::manual_seed(14);
+  const torch::Device dev(torch::kCUDA);
+  for (std::vector<int64_t> shape : {std::vector<int64_t>{256, 64, 32, 32}, std::vector<int64_t>{512, 3000}}) {
+    CAPTURE(shape);
+    auto in = make_inputs(shape, "pixel", torch::kFloat);
+    {
+      torch::NoGradGuard ng;
+      in.x.mul_(0.01).add_(1000);  // mean 1000, sd 0.01
+    }
+    const auto xg = in.x.detach().to(dev);
+    const auto a = cuda_gate(in, xg), b = cuda_gate(in, xg);
+    CHECK(torch::equal(a.moments, b.moments));
+    CHECK(torch::equal(a.daux, b.daux));
+    CHECK(torch::equal(a.dc0, b.dc0));
+    CHECK(torch::equal(a.dc1, b.dc1));
+    CHECK(torch::equal(a.dc2, b.dc2));
+    // The variance from the sums, against the float64 variance of the same float32 values.
+    std::vector<int64_t> dims{0};
+    for (size_t d = 2; d < shape.size(); ++d) dims.push_back(static_cast<int64_t>(d));
+    const auto xd = in.x.detach().to(torch::kDouble);
+    const double n = static_cast<double>(xd.numel() / shape[1]);
+    const auto mean = a.moments[0] / n;
+    const auto var = (a.moments[1] - a.moments[0] * mean) / (n - 1);
+    CHECK(torch::allclose(var, xd.var(dims, /*unbiased=*/true), 1e-3, 0.0));
+  }
+}
+
+TEST_CASE("the Gate module trains the same on CUDA as on the CPU", "[gate][cuda]") {
+  if (!torch::cuda::is_available()) {
+    WARN("built with CUDA kernels but no CUDA device is available: skipped");
+    return;
+  }
+  torch::manual_seed(15);
+  GateOptions o({6, 5, 5});
+  Gate cpu_gate(o), gpu_gate(o);
+  {
+    torch::NoGradGuard ng;
+    cpu_gate->mask().copy_(torch::rand_like(cpu_gate->mask()) > 0.5);
+    gpu_gate->mask().copy_(cpu_gate->mask());
+  }
+  gpu_gate->to(torch::kCUDA);
+  cpu_gate->train();
+  gpu_gate->train();
+  for (int step = 0; step < 5; ++step) {
+    const auto x = torch::randn({16, 6, 5, 5}) * 2 + 0.5;
+    const auto g = torch::randn({16, 6, 5, 5});
+    cpu_gate->forward(x).backward(g);
+    gpu_gate->forward(x.to(torch::kCUDA)).backward(g.to(torch::kCUDA));
+  }
+  CHECK(torch::allclose(gpu_gate->running_mean().cpu(), cpu_gate->running_mean(), 1e-5, 1e-6));
+  CHECK(torch::allclose(gpu_gate->running_var().cpu(), cpu_gate->running_var(), 1e-5, 1e-6));
+  CHECK(torch::allclose(gpu_gate->c0().cpu(), cpu_gate->c0(), 1e-5, 1e-6));
+  CHECK(torch::allclose(gpu_gate->c2().cpu(), cpu_gate->c2(), 1e-5, 1e-6));
+  CHECK(torch::allclose(gpu_gate->aux().grad().cpu(), cpu_gate->aux().grad(), 1e-3, 1e-4));
+  CHECK(torch::allclose(gpu_gate->c1().grad().cpu(), cpu_gate->c1().grad(), 1e-3, 1e-4));
+}
 #endif
 
 TEST_CASE("a kept position stays relu where the polynomial overflows (fused and composite)", "[gate][overflow]") {
@@ -759,7 +900,18 @@ TEST_CASE("the range bound tracks the largest |x| at polynomial positions and ca
   x3[0][0][0][0] = 100.0f;  // at the kept position: not a polynomial input
   x3[0][0][1][1] = -13.0f;
   x3[0][1][0][0] = 14.0f;
+  // Two processes seeing the same batch (a reducer that doubles every sum) keep the same range.
+  Gate twin(o);
+  {
+    torch::NoGradGuard ng;
+    twin->mask().copy_(gate->mask());
+    twin->running_range().copy_(gate->running_range());
+  }
+  twin->train();
+  twin->set_moment_reducer([](torch::Tensor& t) { t.mul_(2); });
+  twin->forward(x3);
   gate->forward(x3);
+  CHECK(torch::allclose(twin->running_range(), gate->running_range()));
   CHECK(torch::allclose(gate->running_range(), torch::tensor({0.9f * 3 + 0.1f * 13, 0.9f * 4 + 0.1f * 14})));
   // The cap: |s2 c2| <= 0.5 / R where that is below the fit's bound phi(0) / (2 k sigma).
   {
@@ -801,4 +953,25 @@ TEST_CASE("with the range bound an outlier through a residual stream of polynomi
   CAPTURE(without, with);
   CHECK(without > 500.0);
   CHECK(with < 30.0);
+}
+
+TEST_CASE("with a moment reducer the global count stays on the device and one value changes nothing",
+          "[gate][dapa][distributed]") {
+  torch::manual_seed(16);
+  GateOptions o({3});
+  Gate plain(o), reduced(o);
+  plain->train();
+  reduced->train();
+  reduced->set_moment_reducer([](torch::Tensor&) {});  // one process: the sums are the global sums
+  const auto mean0 = reduced->running_mean().clone(), var0 = reduced->running_var().clone();
+  reduced->forward(torch::randn({1, 3}));  // one value per channel: no variance to take
+  CHECK(torch::equal(reduced->running_mean(), mean0));
+  CHECK(torch::equal(reduced->running_var(), var0));
+  // A real batch: the same statistics as without a reducer.
+  const auto x = torch::randn({16, 3}) * 3 + 1;
+  plain->forward(x);
+  reduced->forward(x);
+  CHECK(torch::allclose(reduced->running_mean(), plain->running_mean(), 1e-6, 1e-7));
+  CHECK(torch::allclose(reduced->running_var(), plain->running_var(), 1e-6, 1e-7));
+  CHECK_FALSE(torch::equal(reduced->running_var(), var0));
 }

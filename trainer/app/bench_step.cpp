@@ -127,6 +127,8 @@ int run_step_bench(const StepBenchOptions& o, std::ostream& out) {
       << "):  " << b << " ms\n"
       << "  search step (method autorep, " << search->phase().optim.name
       << ", the step autorep train takes): " << s << " ms\n";
+  out << std::setprecision(0) << "throughput: baseline " << 1e3 * static_cast<double>(o.batch) / b
+      << " images/s, search " << 1e3 * static_cast<double>(o.batch) / s << " images/s\n";
   out << std::setprecision(3) << "search_over_baseline=" << s / b << "\n";
   return 0;
 }
