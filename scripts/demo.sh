@@ -8,7 +8,8 @@
 # Usage: scripts/demo.sh [OUT_DIR]   (default runs/demo; an existing demo there is replaced)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ -x build/autorep ] || scripts/setup.sh
+# Packages, then only the `autorep` target (the tests are scripts/test.sh's); up to date: seconds.
+scripts/setup.sh --target autorep
 bin=build/autorep
 out=${1:-runs/demo}
 rm -rf "$out"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs every Debian package autorep needs (idempotent, non-interactive) and builds it in
-# Release into build/. Usage: scripts/setup.sh [--no-build]
+# Release into build/. Usage: scripts/setup.sh [--no-build | --target TARGET]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,7 +37,16 @@ else
   echo "setup: all packages present"
 fi
 
-[ "${1:-}" = "--no-build" ] && exit 0
+# --no-build: packages only; --target T: build only T (the demo builds only `autorep`, not the
+# test executables); no argument: build everything (what scripts/test.sh needs).
+target=()
+case "${1:-}" in
+  --no-build) exit 0 ;;
+  --target) [ -n "${2:-}" ] || { echo "setup: --target needs a target name" >&2; exit 2; }
+            target=(--target "$2") ;;
+  "") ;;
+  *) echo "usage: scripts/setup.sh [--no-build | --target TARGET]" >&2; exit 2 ;;
+esac
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build build -j"$(nproc)"
-echo "setup: built build/autorep"
+cmake --build build -j"$(nproc)" "${target[@]}"
+echo "setup: built ${2:-every target} in build/"

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "layers/bench_gate.h"
+#include "trainer/app/bench_epoch.h"
 #include "trainer/app/bench_step.h"
 #include "trainer/app/commands.h"
 #include "trainer/models/net.h"
@@ -41,7 +42,7 @@ void add_bench_commands(CLI::App& app, Commands& out) {
   bench->require_subcommand(1);
 
   struct GateArgs {
-    std::string shape = "64,64,28,28", device = "cpu", granularity = "pixel";
+    std::string shape = "64,64,28,28", device = "cpu", granularity = "pixel", dtype = "float32";
     int64_t threads = 0;
     int iters = 20;
   };
@@ -51,6 +52,8 @@ void add_bench_commands(CLI::App& app, Commands& out) {
   gate->add_option("--device", ga->device, "cpu | cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   gate->add_option("--granularity", ga->granularity, "pixel | channel | layer")
       ->check(CLI::IsMember({"pixel", "channel", "layer"}));
+  gate->add_option("--dtype", ga->dtype, "float32 | bfloat16 | float16 (the last two on cuda)")
+      ->check(CLI::IsMember({"float32", "bfloat16", "float16"}));
   gate->add_option("--threads", ga->threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
   gate->add_option("--iters", ga->iters, "Timed iterations per variant (default 20)")->check(CLI::PositiveNumber);
   out.push_back({gate, [ga] {
@@ -59,6 +62,7 @@ void add_bench_commands(CLI::App& app, Commands& out) {
                    o.shape = parse_list(ga->shape, ',', "--shape");
                    o.device = ga->device;
                    o.granularity = ga->granularity;
+                   o.dtype = ga->dtype;
                    o.iters = ga->iters;
                    return layers::run_gate_bench(o, std::cout);
                  }});
@@ -90,6 +94,39 @@ void add_bench_commands(CLI::App& app, Commands& out) {
                    o.iters = sa->iters;
                    o.teacher_dtype = sa->teacher_dtype;
                    return run_step_bench(o, std::cout);
+                 }});
+
+  struct EpochArgs {
+    std::string model = "resnet20", input = "1x28x28", device = "cpu", data = "fashion-mnist", data_path;
+    std::string teacher_dtype = "float32", budget = "3%";
+    int64_t steps = 0, threads = 0;
+  };
+  auto ea = std::make_shared<EpochArgs>();
+  auto* epoch = bench->add_subcommand(
+      "epoch", "Baseline, search and finetune epochs through the real data loader and training loop");
+  epoch->add_option("--model", ea->model, "Model (default resnet20)");
+  epoch->add_option("--input", ea->input, "Input CxHxW, the data set's images (default 1x28x28)");
+  epoch->add_option("--data", ea->data, "Data set (default fashion-mnist)");
+  epoch->add_option("--data-path", ea->data_path, "Folder of the data set's files (default: its usual place)");
+  epoch->add_option("--steps", ea->steps, "Steps timed per run (default 0: a whole epoch)")->check(CLI::NonNegativeNumber);
+  epoch->add_option("--device", ea->device, "cpu | cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  epoch->add_option("--threads", ea->threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  epoch->add_option("--teacher-dtype", ea->teacher_dtype, "search.kd.teacher_dtype of the search run (default float32)")
+      ->check(CLI::IsMember({"float32", "bfloat16"}));
+  epoch->add_option("--budget", ea->budget, "search.budget of the reduction runs (default 3%)");
+  out.push_back({epoch, [ea] {
+                   configure_threads(ea->threads);
+                   EpochBenchOptions o;
+                   o.model = ea->model;
+                   o.input = parse_shape(ea->input);
+                   o.data = ea->data;
+                   o.data_path = ea->data_path;
+                   o.steps = ea->steps;
+                   o.device = ea->device;
+                   o.threads = ea->threads;
+                   o.teacher_dtype = ea->teacher_dtype;
+                   o.budget = ea->budget;
+                   return run_epoch_bench(o, std::cout);
                  }});
 }
 

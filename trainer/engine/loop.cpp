@@ -282,6 +282,7 @@ class TrainingRun {
     const StepEnv env{&ctx_, &method_, &guard_, running_stats_, batch_, group_, grad_sync_.get()};
     ctx_.model->train();
     for (; step_in_epoch_ < ctx_.steps_per_epoch; ++step_in_epoch_) {
+      const auto t_step = Clock::now();
       const int64_t first = step_in_epoch_ * batch_ + rank_ * local_batch_;
       auto idx = order.slice(0, first, first + local_batch_);
       auto x = data::make_batch(data_, data_.train, idx, /*train=*/true,
@@ -305,12 +306,15 @@ class TrainingRun {
                       util::short_number(config_.train.skip_spikes) + ")" +
                       (s.spike_detail.empty() ? "" : "; " + s.spike_detail));
       } else {
+        // One device read for the whole row (train_step has already waited for the loss).
+        const auto stats = s.batch_stats.to(torch::kCPU, torch::kDouble);
+        const auto* v = stats.data_ptr<double>();
         loss_sum_ += s.loss * batch_;
         for (size_t i = 0; i < s.part_names.size(); ++i) {
           auto& sum = part_sums_[s.part_names[i]];
-          sum = (sum.is_null() ? 0.0 : sum.get<double>()) + s.batch_stats[2 + static_cast<int64_t>(i)].item<double>();
+          sum = (sum.is_null() ? 0.0 : sum.get<double>()) + v[2 + i];
         }
-        correct_ += static_cast<int64_t>(s.batch_stats[1].item<double>() + 0.5);
+        correct_ += static_cast<int64_t>(v[1] + 0.5);
         seen_ += batch_;
       }
 
@@ -321,7 +325,9 @@ class TrainingRun {
                                      (config_.train.epochs - epoch_ - 1) * ctx_.steps_per_epoch);
       report_->step(epoch_, config_.train.epochs, step_in_epoch_ + 1, ctx_.steps_per_epoch,
                     loss_sum_ / std::max<int64_t>(1, seen_), done * batch_ / std::max(1e-9, secs), eta,
-                    method_.progress(ctx_), config_.train.log_every);
+                    [this] { return method_.progress(ctx_); }, config_.train.log_every);
+      result_.step_seconds += std::chrono::duration<double>(Clock::now() - t_step).count();
+      ++result_.steps_timed;
 
       if (s.stop_requested) stop_on_signal(phase);
       if (options_.stop_after_steps >= 0 && steps_this_process_ >= options_.stop_after_steps) {

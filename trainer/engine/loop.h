@@ -32,6 +32,10 @@ struct RunResult {
   int64_t kept_relus = 0;       ///< of the final model, per sample
   int64_t total_relus = 0;
   double seconds = 0.0;         ///< wall time of this process's training
+  /// Wall time of this process's training steps alone (batch assembly, the step, progress; not
+  /// evaluation, checkpoints or setup), and how many steps that was: `autorep bench epoch`.
+  double step_seconds = 0.0;
+  int64_t steps_timed = 0;
   int64_t skipped_steps = 0;    ///< steps the spike guard skipped over the whole run
   nlohmann::json method_state;  ///< the method's state at the end (Method::state())
   bool completed = false;       ///< false when stopped early by stop_after_steps

@@ -25,22 +25,24 @@ void Reporter::line(const std::string& text) {
 }
 
 void Reporter::step(int64_t epoch, int64_t epochs, int64_t step, int64_t steps, double loss, double samples_per_s,
-          double eta_s, const std::string& extra, int64_t every) {
+          double eta_s, const std::function<std::string()>& extra, int64_t every) {
+  const bool shown = tty_ ? (step == steps || Clock::now() - last_draw_ >= std::chrono::milliseconds(100))
+                          : every > 0 && (step % every == 0 || step == steps) && (!quiet_ || log_.is_open());
+  if (!shown) return;
   std::ostringstream s;
   s << "epoch " << epoch + 1 << "/" << epochs << " step " << step << "/" << steps << " loss " << std::fixed
     << std::setprecision(4) << loss << " " << std::setprecision(0) << samples_per_s << " img/s eta "
     << format_seconds(eta_s);
-  if (!extra.empty()) s << " " << extra;
+  const std::string more = extra ? extra() : std::string();
+  if (!more.empty()) s << " " << more;
   if (tty_) {
-    const auto now = Clock::now();
-    if (step != steps && now - last_draw_ < std::chrono::milliseconds(100)) return;
-    last_draw_ = now;
+    last_draw_ = Clock::now();
     const int width = 24;
     const int filled = steps > 0 ? static_cast<int>(width * step / steps) : 0;
     std::cerr << "\r\033[K[" << std::string(filled, '#') << std::string(width - filled, '.') << "] " << s.str()
               << std::flush;
     bar_shown_ = true;
-  } else if (every > 0 && (step % every == 0 || step == steps) && (!quiet_ || log_.is_open())) {
+  } else {
     line(s.str());
   }
 }

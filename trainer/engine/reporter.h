@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstdint>
 #include <fstream>
+#include <functional>
 #include <string>
 
 namespace autorep::trainer::engine {
@@ -17,9 +18,10 @@ class Reporter {
   void line(const std::string& text);
 
   /// Shows progress inside an epoch. On a terminal the bar is redrawn at most ~10 times a
-  /// second; otherwise one line is written every `every` steps (and to the log).
+  /// second; otherwise one line is written every `every` steps (and to the log). `extra` (the
+  /// method's progress text) is called only when something is shown: it may read the device.
   void step(int64_t epoch, int64_t epochs, int64_t step, int64_t steps, double loss, double samples_per_s,
-            double eta_s, const std::string& extra, int64_t every);
+            double eta_s, const std::function<std::string()>& extra, int64_t every);
 
   /// 1h02m03s, 4m05s, 6s ("?" when not finite).
   static std::string format_seconds(double s);

@@ -2,6 +2,7 @@
 #include "tests/trainer/engine/plain_method.h"
 #include "tests/trainer/test_util.h"
 
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 
@@ -16,6 +17,7 @@
 #include "trainer/engine/step.h"
 #include "trainer/engine/interrupt.h"
 #include "trainer/engine/loop.h"
+#include "trainer/engine/reporter.h"
 
 #include <sys/resource.h>
 
@@ -493,4 +495,42 @@ TEST_CASE("with a validation split best.pt is the eligible epoch best on validat
   CHECK(j.at("accuracy") == evals[best]["test_accuracy"]);
   CHECK(autorep::test::read_text(dir / "log.txt").find("train 512 val 128") != std::string::npos);
   fs::remove_all(dir);
+}
+
+TEST_CASE("the progress text is asked for only when a progress line is shown", "[train][progress]") {
+  const auto dir = fresh_dir("autorep-test-reporter");
+  fs::create_directories(dir);
+  Reporter r((dir / "log.txt").string(), /*quiet=*/true);
+  int asked = 0;
+  const auto extra = [&] {
+    ++asked;
+    return std::string("ReLUs 3/4");
+  };
+  // Not a terminal (ctest): a line every 5 steps and at the epoch's last step.
+  for (int64_t step = 1; step <= 12; ++step) r.step(0, 1, step, 12, 0.5, 100.0, 1.0, extra, 5);
+  CHECK(asked == 3);  // steps 5, 10 and 12
+  std::ifstream log(dir / "log.txt");
+  const std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
+  CHECK(text.find("step 10/12") != std::string::npos);
+  CHECK(text.find("ReLUs 3/4") != std::string::npos);
+  CHECK(text.find("step 7/12") == std::string::npos);
+  // every = 0: no line, and no progress text computed.
+  r.step(0, 1, 5, 12, 0.5, 100.0, 1.0, extra, 0);
+  CHECK(asked == 3);
+}
+
+TEST_CASE("a training run reports how long its steps took, without setup and evaluation", "[train][bench]") {
+  if (!have_fashion_mnist()) return;
+  const auto dir = fresh_dir("autorep-test-step-time");
+  Config c = tiny_config();
+  RunOptions o;
+  o.out_dir = dir.string();
+  o.quiet = true;
+  o.stop_after_steps = 3;
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto r = run_training(c, o);
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  CHECK(r.steps_timed == 3);
+  CHECK(r.step_seconds > 0.0);
+  CHECK(r.step_seconds < wall);  // data loading, setup and the checkpoint are not counted
 }
