@@ -30,7 +30,8 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(FairnessOptions, enabled, mu, to
 }  // namespace autorep::search
 namespace autorep::trainer::engine {
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(TrainOptions, epochs, seed, label_smoothing, threads, device,
-                                                checkpoint_interval_s, log_every, eval_every, skip_spikes)
+                                                checkpoint_interval_s, log_every, eval_every, skip_spikes,
+                                                spike_rollbacks)
 
 namespace {
 
@@ -252,6 +253,7 @@ void validate(const Config& c, const ConfigSchema& schema, const std::string& so
   if (c.train.threads < 0) json_fail(source, "train.threads", "must be >= 0");
   if (c.train.label_smoothing < 0 || c.train.label_smoothing >= 1)
     json_fail(source, "train.label_smoothing", "must be in [0, 1)");
+  check_at_least(source, "train.spike_rollbacks", static_cast<double>(c.train.spike_rollbacks), 0);
   if (c.train.skip_spikes != 0 && !(c.train.skip_spikes > 1))
     json_fail(source, "train.skip_spikes", "must be 0 (off) or a factor > 1");
   if (c.search.kd.temperature <= 0) json_fail(source, "search.kd.temperature", "must be positive");

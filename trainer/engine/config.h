@@ -82,6 +82,9 @@ struct TrainOptions {
   int64_t log_every = 50;               ///< plain progress line every N steps when not on a terminal
   int64_t eval_every = 1;               ///< evaluate every N epochs (and always after the last)
   double skip_spikes = 10.0;            ///< skip a step whose loss exceeds this x the running mean (0: never)
+  /// When the run diverges (skip_spikes spikes in a row), go back to the start of the epoch with
+  /// the learning rate halved, at most this many times (0: stop at the first divergence).
+  int64_t spike_rollbacks = 3;
 };
 
 /// The whole resolved configuration of a run.

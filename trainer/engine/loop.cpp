@@ -60,6 +60,7 @@ class TrainingRun {
         options_(options),
         out_(options.out_dir),
         last_path_((out_ / "checkpoints" / "last.pt").string()),
+        rollback_path_((out_ / "checkpoints" / "rollback.pt").string()),
         best_path_((out_ / "checkpoints" / "best.pt").string()),
         metrics_path_((out_ / "metrics.jsonl").string()),
         group_(dist::current()),
@@ -79,14 +80,21 @@ class TrainingRun {
     bool resumed_inside_phase = options_.resume;
     StepSnapshot running_stats(*ctx_.model);
     running_stats_ = &running_stats;
-    for (; epoch_ < config_.train.epochs; ++epoch_) {
+    while (epoch_ < config_.train.epochs) {
       size_t pi = 0;
       const Phase& phase = phase_at(phases_, epoch_, &pi);
       ctx_.epoch = epoch_;
       if (pi != current_phase_) enter_phase(phase, pi, resumed_inside_phase && saved_phase_ == phase.name());
       resumed_inside_phase = false;
-      if (!train_epoch(phase)) return result_;
+      try {
+        if (!train_epoch(phase)) return result_;
+      } catch (const Diverged& d) {
+        roll_back(d);  // or rethrows: no rollback left
+        resumed_inside_phase = true;
+        continue;
+      }
       end_epoch(phase);
+      ++epoch_;
     }
     return finish();
   }
@@ -175,6 +183,39 @@ class TrainingRun {
                   std::to_string(layers::total_relus(ctx_.model->sites())) + ", out " + options_.out_dir);
   }
 
+  // train.spike_rollbacks: the run diverged (`d`); back to the last epoch's end (rollback.pt,
+  // through last.pt, exactly as --resume) with the learning rate halved, or `d` when no rollback
+  // is left (or there is no epoch end to go back to yet).
+  void roll_back(const Diverged& d) {
+    if (rollbacks_ >= config_.train.spike_rollbacks || !fs::exists(rollback_path_)) throw d;
+    const int64_t rollbacks = rollbacks_ + 1;
+    const double lr_scale = lr_scale_ * 0.5;
+    const int64_t from_epoch = epoch_, from_step = step_in_epoch_;
+    dist::barrier();
+    if (primary_) {
+      util::write_atomically(last_path_, [&](const std::string& tmp) {
+        fs::copy_file(rollback_path_, tmp, fs::copy_options::overwrite_existing);
+      });
+    }
+    dist::barrier();  // every process reads the same last.pt
+    state_ = read_checkpoint_meta(last_path_).state;
+    restore();
+    current_phase_ = phases_.size();  // the phase is entered again from the checkpoint
+    guard_.reset_consecutive();       // the checkpoint may sit inside the run of spikes
+    rollbacks_ = rollbacks;
+    lr_scale_ = lr_scale;
+    const std::string message = "rollback " + std::to_string(rollbacks) + "/" +
+                                std::to_string(config_.train.spike_rollbacks) + ": " + d.what() +
+                                "; back to the start of epoch " + std::to_string(epoch_ + 1) +
+                                " with the learning rate x" + util::short_number(lr_scale) + " from here on";
+    report_->line(message);
+    append_metrics({{"type", "rollback"},
+                    {"rollback", rollbacks},
+                    {"diverged_at", {{"epoch", from_epoch + 1}, {"step", from_step + 1}}},
+                    {"back_to_epoch", epoch_ + 1},
+                    {"lr_scale", lr_scale}});
+  }
+
   void restore() {
     load_checkpoint(last_path_, *ctx_.model, nullptr, RngState::restore);
     const auto& s = state_;
@@ -193,6 +234,8 @@ class TrainingRun {
     best_test_acc_ = s.value("best_test_accuracy", best_acc_);
     best_val_acc_ = s.value("best_val_accuracy", -1.0);
     best_class_report_ = s.value("best_per_class", nlohmann::json());
+    rollbacks_ = s.value("rollbacks", int64_t{0});
+    lr_scale_ = s.value("lr_scale", 1.0);
     saved_phase_ = s.at("phase");
     elapsed_before_ = s.value("seconds", 0.0);
     method_.load_state(s.at("method"));
@@ -246,6 +289,8 @@ class TrainingRun {
             {"best_test_accuracy", best_test_acc_},
             {"best_val_accuracy", best_val_acc_},
             {"best_per_class", best_class_report_},
+            {"rollbacks", rollbacks_},
+            {"lr_scale", lr_scale_},
             {"seconds", elapsed_before_ + std::chrono::duration<double>(Clock::now() - t_start_).count()},
             {"method", method_.state()},
             {"model_spec", models::spec_to_json(spec_)},
@@ -291,9 +336,11 @@ class TrainingRun {
       auto y = data_.train.labels.index_select(0, idx).to(device_);
       const double f = lr_factor(phase.optim, ctx_.phase_step, phase_steps, ctx_.steps_per_epoch);
       auto& groups = optimizer_->param_groups();
-      for (size_t g = 0; g < groups.size(); ++g) groups[g].options().set_lr(base_lrs_[g] * f);
+      for (size_t g = 0; g < groups.size(); ++g) groups[g].options().set_lr(base_lrs_[g] * f * lr_scale_);
 
-      const double loss_factor = steps_this_process_ == options_.spike_at_step ? 1e6 : 1.0;
+      const bool spike = options_.spike_at_step >= 0 && steps_this_process_ >= options_.spike_at_step &&
+                         steps_this_process_ < options_.spike_at_step + options_.spike_steps;
+      const double loss_factor = spike ? 1e6 : 1.0;
       const StepOutcome s = train_step(env, phase, x, y, step_in_epoch_, loss_factor);
       ++steps_this_process_;
       if (s.skipped) {
@@ -411,6 +458,10 @@ class TrainingRun {
     if (primary_) {
       if (improved) save_checkpoint(best_path_, *ctx_.model, nullptr, meta);
       save_checkpoint(last_path_, *ctx_.model, optimizer_.get(), meta);
+      // Where a divergence goes back to (train.spike_rollbacks): this epoch's end.
+      if (config_.train.spike_rollbacks > 0) {
+        save_checkpoint(rollback_path_, *ctx_.model, optimizer_.get(), meta);
+      }
     }
     last_checkpoint_ = Clock::now();
     --epoch_;
@@ -424,6 +475,7 @@ class TrainingRun {
     result_.teacher_class_report = evaluator_->reference_report();
     result_.final_accuracy = last_acc_;
     result_.skipped_steps = run_skipped_steps_;
+    result_.rollbacks = rollbacks_;
     result_.method_state = method_.state();
     result_.kept_relus = layers::kept_relus(ctx_.model->sites());
     result_.total_relus = layers::total_relus(ctx_.model->sites());
@@ -448,7 +500,7 @@ class TrainingRun {
   const RunOptions& options_;
   const Clock::time_point t_start_ = Clock::now();
   const fs::path out_;
-  const std::string last_path_, best_path_, metrics_path_;
+  const std::string last_path_, rollback_path_, best_path_, metrics_path_;
   dist::Group* const group_;
   const bool primary_;
   const int64_t world_, rank_;
@@ -457,6 +509,8 @@ class TrainingRun {
 
   nlohmann::json state_;  // of the checkpoint resumed from
   int64_t threads_ = 0;
+  int64_t rollbacks_ = 0;  ///< train.spike_rollbacks taken so far
+  double lr_scale_ = 1.0;  ///< 0.5 per rollback, on every learning rate
   torch::Device device_{torch::kCPU};
   data::DataSplits data_;
   models::ModelSpec spec_;

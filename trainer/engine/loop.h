@@ -21,6 +21,7 @@ struct RunOptions {
   int64_t stop_after_steps = -1;  ///< stop (as if killed) after this many steps in this process; -1: never
   bool quiet = false;           ///< no console output (log.txt is still written)
   int64_t spike_at_step = -1;   ///< tests: multiply this step's loss (counted in this process) by 1e6, as an outlier batch's
+  int64_t spike_steps = 1;      ///< tests: ... and that of the spike_steps - 1 steps after it
 };
 
 struct RunResult {
@@ -37,6 +38,7 @@ struct RunResult {
   double step_seconds = 0.0;
   int64_t steps_timed = 0;
   int64_t skipped_steps = 0;    ///< steps the spike guard skipped over the whole run
+  int64_t rollbacks = 0;        ///< divergences the run went back from (train.spike_rollbacks)
   nlohmann::json method_state;  ///< the method's state at the end (Method::state())
   bool completed = false;       ///< false when stopped early by stop_after_steps
   nlohmann::json class_report;  ///< per-class test accuracy of best.pt, with drops against the teacher (class_report)

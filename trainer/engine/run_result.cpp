@@ -32,6 +32,7 @@ nlohmann::json run_result_json(const Config& config, const RunResult& r) {
                         {"total_relus", r.total_relus},
                         {"seconds", r.seconds},
                         {"skipped_steps", r.skipped_steps},
+                        {"rollbacks", r.rollbacks},
                         {"checkpoint", "checkpoints/best.pt"}};
     if (r.best_val_accuracy >= 0) j["val_accuracy"] = r.best_val_accuracy;
     add_class_report(j, r);
@@ -55,6 +56,7 @@ nlohmann::json run_result_json(const Config& config, const RunResult& r) {
                       {"final_accuracy", r.final_accuracy},
                       {"seconds", r.seconds},
                       {"skipped_steps", r.skipped_steps},
+                      {"rollbacks", r.rollbacks},
                       {"export_path", export_path}};
   if (s.is_object() && s.contains("val_accuracy") && s["val_accuracy"].is_number())
     j["val_accuracy"] = s["val_accuracy"];

@@ -32,6 +32,8 @@ class SpikeGuard {
   void reset_mean();
   double mean() const { return mean_; }
   int64_t consecutive() const { return consecutive_; }
+  /// Forgets the current run of skipped steps (a rollback starts a new trajectory).
+  void reset_consecutive() { consecutive_ = 0; }
 
   nlohmann::json state() const;
   void load_state(const nlohmann::json& s);

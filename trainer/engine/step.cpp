@@ -109,7 +109,7 @@ StepOutcome train_step(const StepEnv& env, const Phase& phase, const torch::Tens
   out.stop_requested = out.batch_stats[-1].item<double>() > 0.0;
   out.skipped = guard.skip(out.loss);
   if (guard.diverged() || (!guard.enabled() && !std::isfinite(out.loss)))
-    throw std::runtime_error("training diverged: loss is " + util::short_number(out.loss) + " at epoch " +
+    throw Diverged("training diverged: loss is " + util::short_number(out.loss) + " at epoch " +
                              std::to_string(ctx.epoch + 1) + " step " + std::to_string(step_in_epoch + 1) +
                              (guard.enabled() ? ", the " + std::to_string(guard.consecutive()) +
                                                     "th loss spike in a row (train.skip_spikes)"

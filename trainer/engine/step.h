@@ -6,6 +6,7 @@
 #include <torch/types.h>
 
 #include <cstdint>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -16,6 +17,13 @@
 namespace autorep::trainer::engine {
 
 /// What a step needs besides its batch.
+/// Thrown by train_step when the run has diverged (train.skip_spikes loss spikes in a row, or a
+/// non-finite loss without the guard); the training loop rolls back (train.spike_rollbacks) or
+/// stops with it.
+struct Diverged : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
 struct StepEnv {
   TrainContext* ctx = nullptr;     ///< ctx->optimizer is the phase's optimiser
   Method* method = nullptr;

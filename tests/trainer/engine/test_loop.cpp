@@ -534,3 +534,62 @@ TEST_CASE("a training run reports how long its steps took, without setup and eva
   CHECK(r.step_seconds > 0.0);
   CHECK(r.step_seconds < wall);  // data loading, setup and the checkpoint are not counted
 }
+
+TEST_CASE("a run that diverges goes back to the last epoch's end with the learning rate halved, and resumes so",
+          "[train][spike][rollback]") {
+  if (!have_fashion_mnist()) return;
+  Config c = tiny_config();
+  c.train.epochs = 7;  // 7 steps per epoch (461 images after the validation split); the guard judges from step 21
+  c.train.skip_spikes = 10;
+  c.train.spike_rollbacks = 2;
+  const auto a = fresh_dir("rollback"), b = fresh_dir("rollback-resumed"), r = fresh_dir("rollback-reference"),
+             n = fresh_dir("rollback-none");
+  RunOptions o;
+  o.quiet = true;
+  o.spike_at_step = 24;  // steps 25-44 spike: the 20th in a row is epoch 7's 2nd step
+  o.spike_steps = 20;
+  o.out_dir = a.string();
+  const auto ra = run_training(c, o);
+  REQUIRE(ra.completed);
+  CHECK(ra.rollbacks == 1);
+  const auto rb = autorep::test::read_metrics(a, "rollback");
+  REQUIRE(rb.size() == 1);
+  CHECK(rb[0].at("back_to_epoch") == 7);
+  CHECK(rb[0].at("diverged_at").at("epoch") == 7);
+  CHECK(rb[0].at("diverged_at").at("step") == 2);
+  CHECK(rb[0].at("lr_scale").get<double>() == 0.5);
+  CHECK(autorep::test::read_text(a / "log.txt").find("rollback 1/2") != std::string::npos);
+  // Epoch 7 ran twice (the diverged attempt left no epoch record), the second time at half the lr.
+  const auto ea = autorep::test::read_metrics(a, "epoch");
+  REQUIRE(ea.size() == 7);
+  RunOptions ro;
+  ro.quiet = true;
+  ro.out_dir = r.string();
+  const auto er = (run_training(c, ro), autorep::test::read_metrics(r, "epoch"));
+  CHECK(ea[6].at("lr").get<double>() == Approx(0.5 * er[6].at("lr").get<double>()).epsilon(1e-9));
+  CHECK(ea[4].at("lr").get<double>() == Approx(er[4].at("lr").get<double>()).epsilon(1e-9));
+
+  // Stopped after the rollback and resumed: the halved rate and the count travel in last.pt.
+  o.out_dir = b.string();
+  o.stop_after_steps = 47;  // 44 steps up to the divergence, 3 more after the rollback
+  REQUIRE_FALSE(run_training(c, o).completed);
+  o.stop_after_steps = -1;
+  o.spike_at_step = -1;
+  o.resume = true;
+  const auto resumed = run_training(c, o);
+  REQUIRE(resumed.completed);
+  CHECK(resumed.rollbacks == 1);
+  const auto eb = autorep::test::read_metrics(b, "epoch");
+  REQUIRE(eb.size() == 7);
+  CHECK(eb[6].at("train_loss").get<double>() == Approx(ea[6].at("train_loss").get<double>()).epsilon(1e-9));
+
+  // Without rollbacks the same run stops as diverged.
+  c.train.spike_rollbacks = 0;
+  RunOptions on;
+  on.quiet = true;
+  on.spike_at_step = 24;
+  on.spike_steps = 20;
+  on.out_dir = n.string();
+  CHECK_THROWS_WITH(run_training(c, on), Catch::Contains("training diverged"));
+  for (const auto& d : {a, b, r, n}) fs::remove_all(d);
+}
