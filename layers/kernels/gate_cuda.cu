@@ -141,6 +141,52 @@ __device__ __forceinline__ float mask_at(const Geometry& g, const float* mask, i
   return g.mode == 0 ? mask[c * g.p + p] : (g.mode == 1 ? mask[c] : mask[0]);
 }
 
+// One element of the forward: y = relu(x) where kept, else the polynomial (a select, not a
+// blend: a kept position stays relu(x) where the polynomial overflows); adds x, x^2 to s.
+template <typename T, bool MOMENTS>
+__device__ __forceinline__ void forward_element(const T* __restrict__ x, T* __restrict__ y, int64_t i, bool kept,
+                                                const Coeffs& q, double (&s)[2]) {
+  const float xv = to_float(x[i]);
+  y[i] = from_float<T>(kept ? fmaxf(xv, 0.f) : fmaf(xv, fmaf(q.d, xv, q.b), q.a));
+  if (MOMENTS) {
+    s[0] += xv;
+    s[1] += static_cast<double>(xv) * xv;
+  }
+}
+
+// One element of the backward: writes dx, adds g*(relu(x)-q(x)) to gm and g*(1-m)*{1, x, x^2}
+// to s[1..3].
+template <typename T>
+__device__ __forceinline__ void backward_element(const T* __restrict__ x, const T* __restrict__ gy,
+                                                 T* __restrict__ dx, int64_t i, bool kept, const Coeffs& q,
+                                                 float& gm, float (&s)[4]) {
+  const float xv = to_float(x[i]);
+  const float gv = to_float(gy[i]);
+  const float pos = xv > 0.f ? 1.f : 0.f;
+  const float qv = fmaf(xv, fmaf(q.d, xv, q.b), q.a);
+  dx[i] = from_float<T>(gv * (kept ? pos : fmaf(2.f * q.d, xv, q.b)));
+  gm = fmaf(gv, xv * pos - qv, gm);
+  const float gq = kept ? 0.f : gv;
+  s[1] += gq;
+  s[2] = fmaf(gq, xv, s[2]);
+  s[3] = fmaf(gq * xv, xv, s[3]);
+}
+
+// A block's per-channel sums of the backward into its partial rows (thread with the totals).
+__device__ __forceinline__ void write_backward_partials(const Geometry& g, int64_t row, int64_t c,
+                                                        const float (&s)[4], float* g_mask, float* dc) {
+  if (g.mode != 0) g_mask[row * g.c + c] = s[0];
+  dc[(row * 3 + 0) * g.c + c] = s[1];
+  dc[(row * 3 + 1) * g.c + c] = g.s1 * s[2];
+  dc[(row * 3 + 2) * g.c + c] = g.degree >= 2 ? g.s2 * s[3] : 0.f;
+}
+
+__device__ __forceinline__ void write_moment_partials(const Geometry& g, int64_t row, int64_t c,
+                                                      const double (&s)[2], double* moments) {
+  moments[(row * 2 + 0) * g.c + c] = s[0];
+  moments[(row * 2 + 1) * g.c + c] = s[1];
+}
+
 // ---- channels_first -----------------------------------------------------------------------
 
 template <typename T, bool MOMENTS>
@@ -159,22 +205,12 @@ __global__ void __launch_bounds__(kThreads)
     if (active) {
       const bool kept = mask_at(g, mask, c, p) > 0.5f;
       for (int64_t n = static_cast<int64_t>(blockIdx.z) * g.subs + sub; n < g.n; n += step) {
-        const int64_t i = (n * g.c + c) * g.p + p;
-        const float xv = to_float(x[i]);
-        // Select, not blend: a kept position stays relu(x) where the polynomial overflows.
-        y[i] = from_float<T>(kept ? fmaxf(xv, 0.f) : fmaf(xv, fmaf(q.d, xv, q.b), q.a));
-        if (MOMENTS) {
-          s[0] += xv;
-          s[1] += static_cast<double>(xv) * xv;
-        }
+        forward_element<T, MOMENTS>(x, y, (n * g.c + c) * g.p + p, kept, q, s);
       }
     }
     if (MOMENTS) {
       block_sum(s);
-      if (threadIdx.x == 0) {
-        moments[(row * 2 + 0) * g.c + c] = s[0];
-        moments[(row * 2 + 1) * g.c + c] = s[1];
-      }
+      if (threadIdx.x == 0) write_moment_partials(g, row, c, s, moments);
     }
   }
 }
@@ -194,23 +230,12 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t step = static_cast<int64_t>(g.subs) * gridDim.z;
   for (int64_t c = blockIdx.y; c < g.c; c += gridDim.y) {
     const Coeffs q = coeffs_of(g, c0, c1, c2, c);
-    const float two_d = 2.f * q.d;
     // s: mask gradient, then the coefficient sums of g*(1-m)*{1, x, x^2}
     float s[4] = {0.f, 0.f, 0.f, 0.f};
     if (active) {
       const bool kept = mask_at(g, mask, c, p) > 0.5f;
       for (int64_t n = static_cast<int64_t>(blockIdx.z) * g.subs + sub; n < g.n; n += step) {
-        const int64_t i = (n * g.c + c) * g.p + p;
-        const float xv = to_float(x[i]);
-        const float gv = to_float(gy[i]);
-        const float pos = xv > 0.f ? 1.f : 0.f;
-        const float qv = fmaf(xv, fmaf(q.d, xv, q.b), q.a);
-        dx[i] = from_float<T>(gv * (kept ? pos : fmaf(two_d, xv, q.b)));
-        s[0] = fmaf(gv, xv * pos - qv, s[0]);
-        const float gq = kept ? 0.f : gv;
-        s[1] += gq;
-        s[2] = fmaf(gq, xv, s[2]);
-        s[3] = fmaf(gq * xv, xv, s[3]);
+        backward_element(x, gy, dx, (n * g.c + c) * g.p + p, kept, q, s[0], s);
       }
     }
     if (g.mode == 0) {
@@ -226,12 +251,7 @@ __global__ void __launch_bounds__(kThreads)
       s[0] = 0.f;
     }
     block_sum(s);
-    if (threadIdx.x == 0) {
-      if (g.mode != 0) g_mask[row * g.c + c] = s[0];
-      dc[(row * 3 + 0) * g.c + c] = s[1];
-      dc[(row * 3 + 1) * g.c + c] = g.s1 * s[2];
-      dc[(row * 3 + 2) * g.c + c] = g.degree >= 2 ? g.s2 * s[3] : 0.f;
-    }
+    if (threadIdx.x == 0) write_backward_partials(g, row, c, s, g_mask, dc);
   }
 }
 
@@ -271,23 +291,13 @@ __global__ void __launch_bounds__(kThreads)
          p += static_cast<int64_t>(gridDim.y) * g.subs) {
       const bool kept = mask_at(g, mask, c, p) > 0.5f;
       for (int64_t n = blockIdx.z; n < g.n; n += gridDim.z) {
-        const int64_t i = (n * g.p + p) * g.c + c;
-        const float xv = to_float(x[i]);
-        y[i] = from_float<T>(kept ? fmaxf(xv, 0.f) : fmaf(xv, fmaf(q.d, xv, q.b), q.a));
-        if (MOMENTS) {
-          s[0] += xv;
-          s[1] += static_cast<double>(xv) * xv;
-        }
+        forward_element<T, MOMENTS>(x, y, (n * g.p + p) * g.c + c, kept, q, s);
       }
     }
   }
   if (MOMENTS) {
     channel_sum(g, s);
-    if (threadIdx.x < g.tile && c < g.c) {
-      const int64_t row = partial_row(GateLayout::channels_last);
-      moments[(row * 2 + 0) * g.c + c] = s[0];
-      moments[(row * 2 + 1) * g.c + c] = s[1];
-    }
+    if (threadIdx.x < g.tile && c < g.c) write_moment_partials(g, partial_row(GateLayout::channels_last), c, s, moments);
   }
 }
 
@@ -303,23 +313,12 @@ __global__ void __launch_bounds__(kThreads)
   float s[4] = {0.f, 0.f, 0.f, 0.f};
   if (on) {
     const Coeffs q = coeffs_of(g, c0, c1, c2, c);
-    const float two_d = 2.f * q.d;
     for (int64_t p = static_cast<int64_t>(blockIdx.y) * g.subs + sub; p < g.p;
          p += static_cast<int64_t>(gridDim.y) * g.subs) {
       const bool kept = mask_at(g, mask, c, p) > 0.5f;
       float gm = 0.f;
       for (int64_t n = blockIdx.z; n < g.n; n += gridDim.z) {
-        const int64_t i = (n * g.p + p) * g.c + c;
-        const float xv = to_float(x[i]);
-        const float gv = to_float(gy[i]);
-        const float pos = xv > 0.f ? 1.f : 0.f;
-        const float qv = fmaf(xv, fmaf(q.d, xv, q.b), q.a);
-        dx[i] = from_float<T>(gv * (kept ? pos : fmaf(two_d, xv, q.b)));
-        gm = fmaf(gv, xv * pos - qv, gm);
-        const float gq = kept ? 0.f : gv;
-        s[1] += gq;
-        s[2] = fmaf(gq, xv, s[2]);
-        s[3] = fmaf(gq * xv, xv, s[3]);
+        backward_element(x, gy, dx, (n * g.p + p) * g.c + c, kept, q, gm, s);
       }
       // One thread per (channel, position) and batch split: its own entry.
       if (g.mode == 0) {
@@ -330,13 +329,7 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
   channel_sum(g, s);
-  if (threadIdx.x < g.tile && c < g.c) {
-    const int64_t row = partial_row(GateLayout::channels_last);
-    if (g.mode != 0) g_mask[row * g.c + c] = s[0];
-    dc[(row * 3 + 0) * g.c + c] = s[1];
-    dc[(row * 3 + 1) * g.c + c] = g.s1 * s[2];
-    dc[(row * 3 + 2) * g.c + c] = g.degree >= 2 ? g.s2 * s[3] : 0.f;
-  }
+  if (threadIdx.x < g.tile && c < g.c) write_backward_partials(g, partial_row(GateLayout::channels_last), c, s, g_mask, dc);
 }
 
 // ---- launches -------------------------------------------------------------------------------
