@@ -28,7 +28,7 @@ build=${1:-build-gpu}
 out=${2:-${OUT:-runs}/gpu-check}
 deps=$root/gpu-deps
 py=${PYTHON:-python3}
-jobs=$(nproc)
+jobs=${GPU_CHECK_JOBS:-$(nproc)}
 mkdir -p "$out"
 summary=()
 fails=0
@@ -53,7 +53,7 @@ if [ $dry = 1 ]; then
   ignore="/usr/share/cmake/nlohmann_json;/usr/share/cmake/CLI11;/usr/lib/$multiarch/cmake/nlohmann_json"
   start=$(date +%s)
   if cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DAUTOREP_ONNX=OFF -DAUTOREP_BUILD_TESTS=OFF \
-       -DCMAKE_PREFIX_PATH="$torch_prefix;$deps" -DCMAKE_IGNORE_PATH="$ignore" \
+       -DCMAKE_PREFIX_PATH="$deps;$torch_prefix" -DCMAKE_IGNORE_PATH="$ignore" \
        -DZLIB_INCLUDE_DIR="$deps/include" -DZLIB_LIBRARY="$deps/lib/libz.a" \
        -DJPEG_INCLUDE_DIR="$deps/include" -DJPEG_LIBRARY="$deps/lib/libjpeg.a" >"$out/configure.log" 2>&1 &&
      grep -q "$deps/share/cmake/nlohmann_json" "$build/CMakeCache.txt" &&
@@ -88,7 +88,7 @@ if ! command -v nvcc >/dev/null 2>&1; then
   for d in /usr/local/cuda/bin /usr/local/cuda-*/bin; do [ -x "$d/nvcc" ] && export PATH="$d:$PATH" && break; done
 fi
 if ! cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DAUTOREP_ONNX=OFF \
-    -DCMAKE_PREFIX_PATH="$torch_prefix;$deps" -DCMAKE_CUDA_ARCHITECTURES="$cuda_arch" \
+    -DCMAKE_PREFIX_PATH="$deps;$torch_prefix" -DCMAKE_CUDA_ARCHITECTURES="$cuda_arch" \
     -DZLIB_INCLUDE_DIR="$deps/include" -DZLIB_LIBRARY="$deps/lib/libz.a" \
     -DJPEG_INCLUDE_DIR="$deps/include" -DJPEG_LIBRARY="$deps/lib/libjpeg.a" \
     "${launcher[@]}" >"$out/configure.log" 2>&1; then

@@ -207,6 +207,7 @@ class TrainingRun {
     const std::string message = "rollback " + std::to_string(rollbacks) + "/" +
                                 std::to_string(config_.train.spike_rollbacks) + ": " + d.what() +
                                 "; back to the start of epoch " + std::to_string(epoch_ + 1) +
+                                " (the end of the last epoch whose validation logits were all finite)" +
                                 " with the learning rate x" + util::short_number(lr_scale) + " from here on";
     report_->line(message);
     append_metrics({{"type", "rollback"},
@@ -425,8 +426,12 @@ class TrainingRun {
          << std::fixed << std::setprecision(4) << m["train_loss"].get<double>() << " acc " << std::setprecision(2)
          << 100.0 * m["train_accuracy"].get<double>() << "%";
     bool improved = false;
+    // A rollback point must not already be broken: an epoch whose validation images (the
+    // training side's data; never the test set) gave non-finite logits is not one.
+    bool healthy = true;
     if (do_eval) {
       const auto ev = evaluator_->run(*ctx_.model);
+      if (ev.has_val) healthy = ev.val.nonfinite == 0;
       last_acc_ = ev.test.accuracy;
       nlohmann::json record = {{"type", "eval"}, {"epoch", epoch_ + 1}, {"phase", phase.name()}};
       record.update(ev.fields);
@@ -458,8 +463,8 @@ class TrainingRun {
     if (primary_) {
       if (improved) save_checkpoint(best_path_, *ctx_.model, nullptr, meta);
       save_checkpoint(last_path_, *ctx_.model, optimizer_.get(), meta);
-      // Where a divergence goes back to (train.spike_rollbacks): this epoch's end.
-      if (config_.train.spike_rollbacks > 0) {
+      // Where a divergence goes back to (train.spike_rollbacks): the last healthy epoch's end.
+      if (config_.train.spike_rollbacks > 0 && healthy) {
         save_checkpoint(rollback_path_, *ctx_.model, optimizer_.get(), meta);
       }
     }
