@@ -199,7 +199,9 @@ class TrainingRun {
     }
     dist::barrier();  // every process reads the same last.pt
     state_ = read_checkpoint_meta(last_path_).state;
+    const double elapsed_before = elapsed_before_;  // the wall time stays this process's own
     restore();
+    elapsed_before_ = elapsed_before;
     current_phase_ = phases_.size();  // the phase is entered again from the checkpoint
     guard_.reset_consecutive();       // the checkpoint may sit inside the run of spikes
     rollbacks_ = rollbacks;
