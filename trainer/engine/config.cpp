@@ -1,4 +1,5 @@
 #include "trainer/engine/config.h"
+#include "trainer/engine/loop.h"  // model_spec
 
 #include <algorithm>
 #include <cmath>
@@ -361,6 +362,17 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   if (!user.is_object()) throw std::runtime_error(path + ": expected a JSON object at the top level");
   for (const auto& o : overrides) apply_override(user, o);
   return config_from_json(user, schema, path);
+}
+
+models::ModelSpec model_spec(const Config& config, const std::vector<int64_t>& input_shape, int64_t classes) {
+  models::ModelSpec spec;
+  spec.name = config.model.name;
+  spec.input_shape = input_shape;
+  spec.classes = classes;
+  spec.stem_relu = config.model.stem_relu;
+  spec.width = config.model.width;
+  spec.stem_stride = config.model.stem_stride;
+  return spec;
 }
 
 }  // namespace autorep::trainer::engine

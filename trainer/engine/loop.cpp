@@ -4,14 +4,13 @@
 
 #include <chrono>
 #include <csignal>
-#include <cmath>
 #include <filesystem>
 #include <iomanip>
 #include <sstream>
 #include <thread>
 
 #include "layers/gate.h"
-#include "layers/util/atomic_file.h"
+#include "layers/util/atomic_file.h"  // append_line
 #include "layers/util/text.h"
 #include "trainer/engine/checkpoint.h"
 #include "trainer/engine/device.h"
@@ -19,6 +18,7 @@
 #include "trainer/engine/epoch_eval.h"
 #include "trainer/engine/optim.h"
 #include "trainer/engine/replicas.h"
+#include "trainer/engine/run_folder.h"
 #include "trainer/engine/reporter.h"
 #include "trainer/engine/interrupt.h"
 #include "trainer/engine/spike_guard.h"
@@ -30,25 +30,7 @@ namespace autorep::trainer::engine {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
-models::ModelSpec model_spec(const Config& config, const std::vector<int64_t>& input_shape, int64_t classes) {
-  models::ModelSpec spec;
-  spec.name = config.model.name;
-  spec.input_shape = input_shape;
-  spec.classes = classes;
-  spec.stem_relu = config.model.stem_relu;
-  spec.width = config.model.width;
-  spec.stem_stride = config.model.stem_stride;
-  return spec;
-}
-
 namespace {
-
-// Each loss part's mean per sample over the epoch, from its sums.
-nlohmann::json epoch_means(const nlohmann::json& sums, int64_t seen) {
-  nlohmann::json means = nlohmann::json::object();
-  for (const auto& [name, sum] : sums.items()) means[name] = sum.get<double>() / static_cast<double>(std::max<int64_t>(1, seen));
-  return means;
-}
 
 // One run from its folder to its last checkpoint. Only rank 0 of a multi-process run writes
 // files and prints; every process trains.
@@ -100,26 +82,8 @@ class TrainingRun {
   }
 
  private:
-  // Checks the folder against --resume and writes config.json.
-  void open_folder() {
-    if (options_.resume) {
-      if (!fs::exists(last_path_))
-        throw std::runtime_error(last_path_ + ": nothing to resume (no checkpoint in " + options_.out_dir + ")");
-      state_ = read_checkpoint_meta(last_path_).state;
-    } else if (fs::exists(last_path_)) {
-      throw std::runtime_error(options_.out_dir +
-                               " already holds a run (checkpoints/last.pt); pass --resume to continue it "
-                               "or choose another --out");
-    }
-    if (primary_) {
-      fs::create_directories(out_ / "checkpoints");
-      util::write_file_atomic((out_ / "config.json").string(), to_json(config_).dump(2) + "\n");
-    }
-    if (group_ && config_.data.batch_size % world_ != 0)
-      throw std::runtime_error("data.batch_size " + std::to_string(config_.data.batch_size) +
-                               " is the global batch and must be divisible by WORLD_SIZE " + std::to_string(world_));
-    dist::barrier();  // every process has seen the folder as it was before this run
-  }
+  // Checks the folder against --resume and writes config.json (run_folder.h).
+  void open_folder() { state_ = open_run_folder(config_, options_, last_path_, primary_, world_); }
 
   // Threads, device, data, model, the method's preparation and the resumed position.
   void build() {
@@ -191,14 +155,7 @@ class TrainingRun {
     const int64_t rollbacks = rollbacks_ + 1;
     const double lr_scale = lr_scale_ * 0.5;
     const int64_t from_epoch = epoch_, from_step = step_in_epoch_;
-    dist::barrier();
-    if (primary_) {
-      util::write_atomically(last_path_, [&](const std::string& tmp) {
-        fs::copy_file(rollback_path_, tmp, fs::copy_options::overwrite_existing);
-      });
-    }
-    dist::barrier();  // every process reads the same last.pt
-    state_ = read_checkpoint_meta(last_path_).state;
+    state_ = put_back(rollback_path_, last_path_, primary_);
     const double elapsed_before = elapsed_before_;  // the wall time stays this process's own
     restore();
     elapsed_before_ = elapsed_before;
@@ -206,17 +163,9 @@ class TrainingRun {
     guard_.reset_consecutive();       // the checkpoint may sit inside the run of spikes
     rollbacks_ = rollbacks;
     lr_scale_ = lr_scale;
-    const std::string message = "rollback " + std::to_string(rollbacks) + "/" +
-                                std::to_string(config_.train.spike_rollbacks) + ": " + d.what() +
-                                "; back to the start of epoch " + std::to_string(epoch_ + 1) +
-                                " (the end of the last epoch whose validation logits were all finite)" +
-                                " with the learning rate x" + util::short_number(lr_scale) + " from here on";
-    report_->line(message);
-    append_metrics({{"type", "rollback"},
-                    {"rollback", rollbacks},
-                    {"diverged_at", {{"epoch", from_epoch + 1}, {"step", from_step + 1}}},
-                    {"back_to_epoch", epoch_ + 1},
-                    {"lr_scale", lr_scale}});
+    const auto record = rollback_record(rollbacks, lr_scale, from_epoch, from_step, epoch_);
+    report_->line(rollback_line(record, config_.train.spike_rollbacks, d.what()));
+    append_metrics(record);
   }
 
   void restore() {
@@ -311,12 +260,9 @@ class TrainingRun {
     ++step_in_epoch_;
     save_last(phase.name());
     const int own = interrupt::requested();  // 0: only another process was signalled
-    const std::string message =
-        (own != 0 ? std::string("stopped by ") + interrupt::name(own)
-                  : std::string("stopped because another process was signalled")) +
-        " after epoch " + std::to_string(epoch_ + 1) + " step " + std::to_string(step_in_epoch_) + " of " +
-        std::to_string(ctx_.steps_per_epoch) + ": " + last_path_ + " written; continue with: autorep train --out " +
-        options_.out_dir + " --resume";
+    const std::string message = (own != 0 ? std::string("stopped by ") + interrupt::name(own)
+                                          : std::string("stopped because another process was signalled")) +
+                                stopped_at(epoch_, step_in_epoch_, ctx_.steps_per_epoch, last_path_, options_.out_dir);
     report_->line(message);
     throw interrupt::Interrupted(own != 0 ? own : SIGTERM, message);
   }
@@ -488,19 +434,11 @@ class TrainingRun {
     result_.total_relus = layers::total_relus(ctx_.model->sites());
     grad_sync_.reset();
     result_.seconds = elapsed_before_ + std::chrono::duration<double>(Clock::now() - t_start_).count();
-    std::ostringstream done;
-    done << "done: best test accuracy " << std::fixed << std::setprecision(2) << 100.0 * best_test_acc_ << "%";
-    if (best_val_acc_ >= 0) done << " (checkpoint selected on validation accuracy " << 100.0 * best_val_acc_ << "%)";
-    done << ", ReLUs "
-         << result_.kept_relus << "/" << result_.total_relus << ", " << std::setprecision(0) << result_.seconds
-         << " s; checkpoints in " << (out_ / "checkpoints").string();
-    report_->line(done.str());
+    report_->line(done_line(result_, (out_ / "checkpoints").string()));
     return result_;
   }
 
-  void append_metrics(const nlohmann::json& j) {
-    if (primary_) util::append_line(metrics_path_, j.dump());
-  }
+  void append_metrics(const nlohmann::json& j) { if (primary_) util::append_line(metrics_path_, j.dump()); }
 
   const Config& config_;
   Method& method_;
