@@ -156,9 +156,7 @@ class TrainingRun {
     const double lr_scale = lr_scale_ * 0.5;
     const int64_t from_epoch = epoch_, from_step = step_in_epoch_;
     state_ = put_back(rollback_path_, last_path_, primary_);
-    const double elapsed_before = elapsed_before_;  // the wall time stays this process's own
-    restore();
-    elapsed_before_ = elapsed_before;
+    restore(/*rolling_back=*/true);
     current_phase_ = phases_.size();  // the phase is entered again from the checkpoint
     guard_.reset_consecutive();       // the checkpoint may sit inside the run of spikes
     rollbacks_ = rollbacks;
@@ -168,7 +166,9 @@ class TrainingRun {
     append_metrics(record);
   }
 
-  void restore() {
+  // The position in state_ (last.pt's). A rollback keeps this process's wall time and says so
+  // itself (its line, not "resumed").
+  void restore(bool rolling_back = false) {
     load_checkpoint(last_path_, *ctx_.model, nullptr, RngState::restore);
     const auto& s = state_;
     epoch_ = s.at("epoch");
@@ -189,10 +189,11 @@ class TrainingRun {
     rollbacks_ = s.value("rollbacks", int64_t{0});
     lr_scale_ = s.value("lr_scale", 1.0);
     saved_phase_ = s.at("phase");
-    elapsed_before_ = s.value("seconds", 0.0);
+    if (!rolling_back) elapsed_before_ = s.value("seconds", 0.0);
     method_.load_state(s.at("method"));
-    report_->line("resumed " + options_.out_dir + " at epoch " + std::to_string(epoch_ + 1) + " step " +
-                  std::to_string(step_in_epoch_));
+    if (!rolling_back)
+      report_->line("resumed " + options_.out_dir + " at epoch " + std::to_string(epoch_ + 1) + " step " +
+                    std::to_string(step_in_epoch_));
   }
 
   // The phase's hooks, optimiser (with its saved state when continuing) and gradient buckets.
