@@ -54,6 +54,14 @@ std::pair<torch::Tensor, torch::Tensor> mean_and_var(const torch::Tensor& sums, 
   return {mean, ((sums[1] - sums[0] * mean) / (n - 1)).clamp_min(0)};
 }
 
+// running ← (1 − momentum)·running + momentum·batch, in running's dtype; where `enough` is given
+// (a device-side flag), only where it holds, so the blend needs no host read.
+void blend_running(torch::Tensor& running, const torch::Tensor& batch, double momentum,
+                   const torch::Tensor& enough = {}) {
+  auto blended = running * (1 - momentum) + batch.to(running.options()) * momentum;
+  running.copy_(enough.defined() ? torch::where(enough, blended, running) : blended);
+}
+
 }  // namespace
 
 DapaFit dapa_fit(const torch::Tensor& mean, const torch::Tensor& sigma, int64_t degree) {
@@ -182,18 +190,16 @@ void GateImpl::update_running_stats(const torch::Tensor& moments, int64_t count,
     // values in the whole global batch the statistics are left as they are.
     const auto n = packed.slice(0, 2 * c, 2 * c + 1);
     const auto [mean, var] = mean_and_var(m, n);
-    const double mom = options_.dapa().momentum();
     const auto enough = n >= 2;
-    running_mean_.copy_(torch::where(enough, running_mean_ * (1 - mom) + mean.to(running_mean_.options()) * mom, running_mean_));
-    running_var_.copy_(torch::where(enough, running_var_ * (1 - mom) + var.to(running_var_.options()) * mom, running_var_));
+    blend_running(running_mean_, mean, options_.dapa().momentum(), enough);
+    blend_running(running_var_, var, options_.dapa().momentum(), enough);
     return;
   }
   update_range(range);
   if (count < 2) return;
   const auto [mean, var] = mean_and_var(m, count);
-  const double mom = options_.dapa().momentum();
-  running_mean_.mul_(1 - mom).add_(mean.to(running_mean_.options()), mom);
-  running_var_.mul_(1 - mom).add_(var.to(running_var_.options()), mom);
+  blend_running(running_mean_, mean, options_.dapa().momentum());
+  blend_running(running_var_, var, options_.dapa().momentum());
 }
 
 void GateImpl::update_range(const torch::Tensor& range) {
