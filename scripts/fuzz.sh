@@ -4,7 +4,8 @@
 #   scripts/fuzz.sh [SECONDS]   seconds per target (default 30); needs clang (Debian: clang)
 # Seeded (-seed=1) and started from the shipped configs, the golden export and small data-set
 # files (tests/fuzz/seeds/). A crash stops with the input kept as build-fuzz/crash-*; once it is
-# fixed, add the input to tests/fuzz/regress/<target>/: every file there is replayed on each run.
+# fixed, add the input to tests/fuzz/regress/<target>/: every file there is replayed on each run,
+# and by ctest (fuzz_replay.<target>, any compiler) on every test run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-30}
