@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
+#include <functional>
 #include <iomanip>
 #include <unistd.h>
 
@@ -56,6 +57,12 @@ class MethodStep {
     ctx_.model->train();
   }
   models::NetImpl& model() { return *ctx_.model; }
+  /// Every 4-d parameter (the convolutions' weights) in channels_last memory.
+  void to_channels_last() {
+    torch::NoGradGuard no_grad;
+    for (auto& p : ctx_.model->parameters())
+      if (p.dim() == 4) p.set_data(p.data().contiguous(at::MemoryFormat::ChannelsLast));
+  }
   const Phase& phase() const { return phase_; }
   void step(const torch::Tensor& x, const torch::Tensor& y) {
     const StepEnv env{&ctx_, method_.get(), &guard_, running_stats_.get(), x.size(0), nullptr, nullptr};
@@ -84,6 +91,14 @@ int run_step_bench(const StepBenchOptions& o, std::ostream& out) {
   base.model.name = o.model;
   base.train.device = o.device;
   MethodStep baseline(base, spec, device);
+  // The channels_last path starts from the same weights (same seed).
+  std::unique_ptr<MethodStep> channels_last;
+  if (o.conv_paths) {
+    TORCH_CHECK(!device.is_cuda(), "bench step: --conv-paths compares CPU convolution paths (use --device cpu)");
+    torch::manual_seed(0);
+    channels_last = std::make_unique<MethodStep>(base, spec, device);
+    channels_last->to_channels_last();
+  }
 
   // The reduction run distils from a baseline checkpoint: this one is the baseline model itself.
   const fs::path dir = fs::temp_directory_path() / ("autorep-bench-step-" + std::to_string(::getpid()));
@@ -104,22 +119,29 @@ int run_step_bench(const StepBenchOptions& o, std::ostream& out) {
 
   auto x = torch::randn({o.batch, o.input[0], o.input[1], o.input[2]}, device);
   auto y = torch::randint(0, o.classes, {o.batch}, torch::TensorOptions().dtype(torch::kLong).device(device));
-  auto baseline_step = [&] { baseline.step(x, y); };
-  auto search_step = [&] { search->step(x, y); };
+  const auto x_cl = x.contiguous(at::MemoryFormat::ChannelsLast);
+  // Logits of both paths from the same weights, before any step changes them.
+  double diff_cl = 0;
+  if (o.conv_paths) {
+    torch::NoGradGuard no_grad;
+    diff_cl = (channels_last->model().forward(x_cl) - baseline.model().forward(x)).abs().max().item<double>();
+  }
+  std::vector<std::function<void()>> steps{[&] { baseline.step(x, y); }, [&] { search->step(x, y); }};
+  if (o.conv_paths) steps.push_back([&] { channels_last->step(x_cl, y); });
 
   using Clock = std::chrono::steady_clock;
-  std::vector<double> tb, ts;
+  std::vector<std::vector<double>> times(steps.size());
   for (int i = 0; i < o.warmup + o.iters; ++i) {
-    for (int which = 0; which < 2; ++which) {
+    for (size_t which = 0; which < steps.size(); ++which) {
       sync(device);
       const auto t0 = Clock::now();
-      which == 0 ? baseline_step() : search_step();
+      steps[which]();
       sync(device);
       const double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-      if (i >= o.warmup) (which == 0 ? tb : ts).push_back(ms);
+      if (i >= o.warmup) times[which].push_back(ms);
     }
   }
-  const double b = median(tb), s = median(ts);
+  const double b = median(times[0]), s = median(times[1]);
   out << "bench step: " << o.model << " input " << o.input[0] << "x" << o.input[1] << "x" << o.input[2] << " batch "
       << o.batch << " on " << device.str() << ", " << torch::get_num_threads() << " threads, teacher "
       << o.teacher_dtype << ", median of " << o.iters << "\n";
@@ -129,6 +151,14 @@ int run_step_bench(const StepBenchOptions& o, std::ostream& out) {
       << ", the step autorep train takes): " << s << " ms\n";
   out << std::setprecision(0) << "throughput: baseline " << 1e3 * static_cast<double>(o.batch) / b
       << " images/s, search " << 1e3 * static_cast<double>(o.batch) / s << " images/s\n";
+  if (o.conv_paths) {
+    const double cl = median(times[2]);
+    out << std::setprecision(1) << "  baseline step, channels_last weights and batch (oneDNN "
+        << (at::hasMKLDNN() && at::globalContext().userEnabledMkldnn() ? "on" : "off") << "): " << cl
+        << " ms (logits differ by at most " << std::scientific << std::setprecision(1) << diff_cl << std::fixed
+        << ")\n";
+    out << std::setprecision(3) << "channels_last_over_default=" << cl / b << "\n";
+  }
   out << std::setprecision(3) << "search_over_baseline=" << s / b << "\n";
   return 0;
 }

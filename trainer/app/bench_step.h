@@ -18,6 +18,7 @@ struct StepBenchOptions {
   std::string teacher_dtype = "float32";  ///< the search step's teacher forward (search.kd.teacher_dtype)
   int iters = 10;   ///< timed iterations of each step (median reported)
   int warmup = 3;
+  bool conv_paths = false;  ///< also time the baseline step in channels_last memory (CPU)
 };
 
 /// Baseline step: the `baseline` method's training step with the default config (all-ReLU
@@ -25,7 +26,10 @@ struct StepBenchOptions {
 /// (gated student, teacher forward for KD, CE + KD + penalty, search_optim with its gradient
 /// clipping, hysteresis and lambda update): both through engine::train_step, the function
 /// `autorep train` runs. The teacher is the baseline model, saved to a temporary checkpoint.
-/// Prints both (median ms) and ends with `search_over_baseline=<ratio>`.
+/// Prints both (median ms) and ends with `search_over_baseline=<ratio>`. With `conv_paths` the
+/// baseline step is also timed, interleaved with the others, with the weights and the batch in
+/// channels_last memory (LibTorch's oneDNN convolutions in that layout on CPU), with its logits'
+/// largest difference from the default path, and `channels_last_over_default=` (below 1: faster).
 int run_step_bench(const StepBenchOptions& options, std::ostream& out);
 
 }  // namespace autorep::trainer::app

@@ -72,6 +72,7 @@ void add_bench_commands(CLI::App& app, Commands& out) {
     int64_t batch = 128, threads = 0;
     int iters = 10;
     std::string teacher_dtype = "float32";
+    bool conv_paths = false;
   };
   auto sa = std::make_shared<StepArgs>();
   auto* step = bench->add_subcommand("step", "Baseline training step vs search step on the same model and batch");
@@ -84,6 +85,8 @@ void add_bench_commands(CLI::App& app, Commands& out) {
                    "Precision of the search step's teacher forward (search.kd.teacher_dtype; default float32)")
       ->check(CLI::IsMember({"float32", "bfloat16"}));
   step->add_option("--iters", sa->iters, "Timed iterations per step kind (default 10)")->check(CLI::PositiveNumber);
+  step->add_flag("--conv-paths", sa->conv_paths,
+                 "Also time the baseline step with channels_last weights and batch, and with oneDNN off (CPU)");
   out.push_back({step, [sa] {
                    configure_threads(sa->threads);
                    StepBenchOptions o;
@@ -93,6 +96,7 @@ void add_bench_commands(CLI::App& app, Commands& out) {
                    o.device = sa->device;
                    o.iters = sa->iters;
                    o.teacher_dtype = sa->teacher_dtype;
+                   o.conv_paths = sa->conv_paths;
                    return run_step_bench(o, std::cout);
                  }});
 
