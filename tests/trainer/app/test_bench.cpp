@@ -7,15 +7,24 @@
 
 using namespace autorep::trainer::app;
 
-TEST_CASE("bench step times the channels_last path from the same weights and gives the ratio", "[bench]") {
+namespace {
+
+// A small model, one timed step of each kind: fast enough for a unit test.
+StepBenchOptions small(bool conv_paths) {
   StepBenchOptions o;
   o.model = "cnn-small";
   o.batch = 8;
   o.iters = 1;
   o.warmup = 0;
-  o.conv_paths = true;
+  o.conv_paths = conv_paths;
+  return o;
+}
+
+}  // namespace
+
+TEST_CASE("bench step times the channels_last path from the same weights and gives the ratio", "[bench]") {
   std::ostringstream out;
-  REQUIRE(run_step_bench(o, out) == 0);
+  REQUIRE(run_step_bench(small(true), out) == 0);
   const std::string text = out.str();
   INFO(text);
   std::smatch m;
@@ -28,12 +37,7 @@ TEST_CASE("bench step times the channels_last path from the same weights and giv
 }
 
 TEST_CASE("bench step without --conv-paths prints no channels_last line", "[bench]") {
-  StepBenchOptions o;
-  o.model = "cnn-small";
-  o.batch = 8;
-  o.iters = 1;
-  o.warmup = 0;
   std::ostringstream out;
-  REQUIRE(run_step_bench(o, out) == 0);
+  REQUIRE(run_step_bench(small(false), out) == 0);
   CHECK(out.str().find("channels_last") == std::string::npos);
 }
