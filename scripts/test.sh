@@ -2,7 +2,8 @@
 # Builds autorep (installing its Debian packages first when needed) and runs every test; where
 # clang is installed, then also fuzzes every reader of user files for a fixed number of inputs
 # under AddressSanitizer + UndefinedBehaviorSanitizer (scripts/fuzz.sh, its own build folder
-# build-fuzz/: about 10 more minutes on a fresh clone; AUTOREP_TEST_FUZZ=0 skips it).
+# build-fuzz/, a second build of the libraries with clang: 25 minutes here with other jobs on
+# the cores, less on an idle machine; AUTOREP_TEST_FUZZ=0 skips it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh

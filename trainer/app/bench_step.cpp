@@ -119,7 +119,8 @@ int run_step_bench(const StepBenchOptions& o, std::ostream& out) {
 
   auto x = torch::randn({o.batch, o.input[0], o.input[1], o.input[2]}, device);
   auto y = torch::randint(0, o.classes, {o.batch}, torch::TensorOptions().dtype(torch::kLong).device(device));
-  const auto x_cl = x.contiguous(at::MemoryFormat::ChannelsLast);
+  // The batch in channels_last memory only when that path is timed.
+  const auto x_cl = o.conv_paths ? x.contiguous(at::MemoryFormat::ChannelsLast) : torch::Tensor();
   // Logits of both paths from the same weights, before any step changes them.
   double diff_cl = 0;
   if (o.conv_paths) {

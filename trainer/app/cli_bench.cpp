@@ -86,7 +86,7 @@ void add_bench_commands(CLI::App& app, Commands& out) {
       ->check(CLI::IsMember({"float32", "bfloat16"}));
   step->add_option("--iters", sa->iters, "Timed iterations per step kind (default 10)")->check(CLI::PositiveNumber);
   step->add_flag("--conv-paths", sa->conv_paths,
-                 "Also time the baseline step with channels_last weights and batch, and with oneDNN off (CPU)");
+                 "Also time the baseline step with channels_last weights and batch (CPU)");
   out.push_back({step, [sa] {
                    configure_threads(sa->threads);
                    StepBenchOptions o;
