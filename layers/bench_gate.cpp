@@ -86,8 +86,12 @@ int run_gate_bench(const GateBenchOptions& o, std::ostream& out) {
   const auto mshape = module->mask().sizes().vec();
   const int64_t C = sample[0];
 
-  auto x = torch::randn(o.shape, opt.dtype(dtype)).requires_grad_(true);
-  const auto g = torch::randn(o.shape, opt.dtype(dtype));
+  if (o.channels_last && o.shape.size() != 4)
+    throw std::runtime_error("bench gate: --channels-last needs an N,C,H,W shape, got " +
+                             std::to_string(o.shape.size()) + " dimensions");
+  const auto format = o.channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  auto x = torch::randn(o.shape, opt.dtype(dtype)).contiguous(format).requires_grad_(true);
+  const auto g = torch::randn(o.shape, opt.dtype(dtype)).contiguous(format);
   auto aux = torch::rand(mshape, opt).requires_grad_(true);
   const auto mask = (torch::rand(mshape, opt) > 0.5).to(torch::kFloat);
   auto c0 = torch::full({C}, 0.2, opt).requires_grad_(true);
@@ -140,7 +144,8 @@ int run_gate_bench(const GateBenchOptions& o, std::ostream& out) {
   }
 
   const double bytes = static_cast<double>(x.numel()) * x.element_size();
-  out << "gate bench: shape " << x.sizes() << " " << o.dtype << " on " << o.device << ", granularity "
+  out << "gate bench: shape " << x.sizes() << (o.channels_last ? " channels_last" : "") << " " << o.dtype
+      << " on " << o.device << ", granularity "
       << o.granularity << ", "
       << (cuda ? std::string("")
                : std::to_string(torch::get_num_threads()) + " threads, " + kernels::gate_cpu_isa() + " kernels, ")

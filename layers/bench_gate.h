@@ -22,6 +22,9 @@ struct GateBenchOptions {
   /// Element type of x: "float32", or on CUDA also "bfloat16" and "float16" (mask and
   /// coefficients stay float32, as in training).
   std::string dtype = "float32";
+  /// x and dL/dy in channels_last memory (4-d shapes only): the gate's row kernels, and ReLU and
+  /// the copy on the same layout.
+  bool channels_last = false;
 };
 
 /// Times (median ms of interleaved iterations, float32) forward+backward of torch::relu, the

@@ -6,6 +6,7 @@
 #include <tuple>
 
 #include "layers/kernels/gate_kernels.h"
+#include "layers/kernels/gate_layout.h"
 #ifdef AUTOREP_WITH_CUDA
 #include "layers/kernels/gate_cuda_dispatch.h"
 #endif
@@ -13,6 +14,7 @@
 namespace autorep::layers {
 namespace {
 
+using kernels::GateLayout;
 using kernels::GateProblem;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
@@ -57,11 +59,13 @@ torch::Tensor forward_cpu(const GateProblem& pr, const torch::Tensor& x, const t
                           torch::Tensor* moments) {
   TORCH_CHECK(x.scalar_type() == torch::kFloat || x.scalar_type() == torch::kDouble,
               "gate: CPU input must be float32 or float64, got ", x.scalar_type());
-  const auto xc = x.contiguous();
+  // channels_last memory (and N×F) runs the row kernels without a copy; y keeps x's format.
+  const GateLayout layout = kernels::gate_layout_of(x);
+  const auto xc = kernels::in_gate_layout(x, layout);
   const auto opt = xc.options();
   const auto m = mask.to(opt).contiguous();
   const auto a0 = c0.to(opt).contiguous(), a1 = c1.to(opt).contiguous(), a2 = c2.to(opt).contiguous();
-  auto y = at::empty_like(xc, at::MemoryFormat::Contiguous);
+  auto y = at::empty_like(xc);
   double* mom = nullptr;
   if (moments) {
     *moments = torch::empty({2, pr.c}, torch::kDouble);
@@ -70,7 +74,7 @@ torch::Tensor forward_cpu(const GateProblem& pr, const torch::Tensor& x, const t
   AT_DISPATCH_FLOATING_TYPES(xc.scalar_type(), "gate_forward_cpu", [&] {
     kernels::gate_forward_cpu(pr, xc.data_ptr<scalar_t>(), m.data_ptr<scalar_t>(),
                               a0.data_ptr<scalar_t>(), a1.data_ptr<scalar_t>(),
-                              a2.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), mom);
+                              a2.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), mom, layout);
   });
   return y;
 }
@@ -78,13 +82,14 @@ torch::Tensor forward_cpu(const GateProblem& pr, const torch::Tensor& x, const t
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> backward_cpu(
     const GateProblem& pr, const torch::Tensor& x, const torch::Tensor& g, const torch::Tensor& mask,
     const torch::Tensor& c0, const torch::Tensor& c1, const torch::Tensor& c2) {
-  const auto xc = x.contiguous();
+  const GateLayout layout = kernels::gate_layout_of(x);
+  const auto xc = kernels::in_gate_layout(x, layout);
   const auto opt = xc.options();
-  const auto gc = g.to(opt).contiguous();
+  const auto gc = kernels::in_gate_layout(g.to(opt), layout);
   const auto m = mask.to(opt).contiguous();
   const auto a0 = c0.to(opt).contiguous(), a1 = c1.to(opt).contiguous(), a2 = c2.to(opt).contiguous();
-  // Every element of dx is written by the kernel: no zero fill.
-  auto dx = at::empty_like(xc, at::MemoryFormat::Contiguous);
+  // Every element of dx is written by the kernel: no zero fill. dx keeps x's format.
+  auto dx = at::empty_like(xc);
   auto g_mask = torch::empty({pr.mask_numel}, opt);
   auto dc = torch::empty({3, pr.c}, opt);
   AT_DISPATCH_FLOATING_TYPES(xc.scalar_type(), "gate_backward_cpu", [&] {
@@ -92,7 +97,7 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> backward_cpu(
                                m.data_ptr<scalar_t>(), a0.data_ptr<scalar_t>(),
                                a1.data_ptr<scalar_t>(), a2.data_ptr<scalar_t>(),
                                dx.data_ptr<scalar_t>(), g_mask.data_ptr<scalar_t>(),
-                               dc.data_ptr<scalar_t>());
+                               dc.data_ptr<scalar_t>(), layout);
   });
   return {dx, g_mask, dc};
 }

@@ -103,22 +103,23 @@ bool gate_cpu_set_isa(const char* name) {
 #endif
 
 void gate_forward_cpu(const GateProblem& pr, const float* x, const float* mask, const float* c0,
-                      const float* c1, const float* c2, float* y, double* moments) {
-  AUTOREP_GATE_CALL(forward_f, pr, x, mask, c0, c1, c2, y, moments);
+                      const float* c1, const float* c2, float* y, double* moments, GateLayout layout) {
+  AUTOREP_GATE_CALL(forward_f, pr, x, mask, c0, c1, c2, y, moments, layout);
 }
 void gate_forward_cpu(const GateProblem& pr, const double* x, const double* mask, const double* c0,
-                      const double* c1, const double* c2, double* y, double* moments) {
-  AUTOREP_GATE_CALL(forward_d, pr, x, mask, c0, c1, c2, y, moments);
+                      const double* c1, const double* c2, double* y, double* moments,
+                      GateLayout layout) {
+  AUTOREP_GATE_CALL(forward_d, pr, x, mask, c0, c1, c2, y, moments, layout);
 }
 void gate_backward_cpu(const GateProblem& pr, const float* x, const float* g, const float* mask,
                        const float* c0, const float* c1, const float* c2, float* dx, float* g_mask,
-                       float* dc) {
-  AUTOREP_GATE_CALL(backward_f, pr, x, g, mask, c0, c1, c2, dx, g_mask, dc);
+                       float* dc, GateLayout layout) {
+  AUTOREP_GATE_CALL(backward_f, pr, x, g, mask, c0, c1, c2, dx, g_mask, dc, layout);
 }
 void gate_backward_cpu(const GateProblem& pr, const double* x, const double* g, const double* mask,
                        const double* c0, const double* c1, const double* c2, double* dx,
-                       double* g_mask, double* dc) {
-  AUTOREP_GATE_CALL(backward_d, pr, x, g, mask, c0, c1, c2, dx, g_mask, dc);
+                       double* g_mask, double* dc, GateLayout layout) {
+  AUTOREP_GATE_CALL(backward_d, pr, x, g, mask, c0, c1, c2, dx, g_mask, dc, layout);
 }
 
 }  // namespace autorep::layers::kernels

@@ -4,6 +4,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/torch.h>
 
+#include "layers/kernels/gate_layout.h"
+
 namespace autorep::layers::kernels {
 namespace {
 
@@ -15,21 +17,6 @@ GateDtype dtype_of(const torch::Tensor& x) {
     default:
       TORCH_CHECK(false, "gate: CUDA input must be float32, float16 or bfloat16, got ", x.scalar_type());
   }
-}
-
-// N×F inputs are rows of channels; a 4-d input in channels_last memory is too. Everything else
-// runs channels_first.
-GateLayout layout_of(const torch::Tensor& x) {
-  if (x.dim() == 2) return GateLayout::channels_last;
-  if (x.dim() == 4 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast)) {
-    return GateLayout::channels_last;
-  }
-  return GateLayout::channels_first;
-}
-
-torch::Tensor in_layout(const torch::Tensor& t, GateLayout layout) {
-  return layout == GateLayout::channels_last && t.dim() == 4 ? t.contiguous(at::MemoryFormat::ChannelsLast)
-                                                             : t.contiguous();
 }
 
 // Mask and coefficients travel as float32 whatever the element type.
@@ -48,8 +35,8 @@ torch::Tensor gate_forward_cuda_tensors(const GateProblem& pr, const torch::Tens
                                         torch::Tensor* moments) {
   const c10::cuda::CUDAGuard guard(x.device());
   const GateDtype dt = dtype_of(x);
-  const GateLayout layout = layout_of(x);
-  const auto xc = in_layout(x, layout);
+  const GateLayout layout = gate_layout_of(x);
+  const auto xc = in_gate_layout(x, layout);
   const auto m = small_f32(mask), a0 = small_f32(c0), a1 = small_f32(c1), a2 = small_f32(c2);
   auto y = at::empty_like(xc);  // keeps xc's memory format
   torch::Tensor partials;
@@ -72,9 +59,9 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> gate_backward_cuda_tenso
     const torch::Tensor& c0, const torch::Tensor& c1, const torch::Tensor& c2) {
   const c10::cuda::CUDAGuard guard(x.device());
   const GateDtype dt = dtype_of(x);
-  const GateLayout layout = layout_of(x);
-  const auto xc = in_layout(x, layout);
-  const auto gc = in_layout(g.to(xc.scalar_type()), layout);
+  const GateLayout layout = gate_layout_of(x);
+  const auto xc = in_gate_layout(x, layout);
+  const auto gc = in_gate_layout(g.to(xc.scalar_type()), layout);
   const auto m = small_f32(mask), a0 = small_f32(c0), a1 = small_f32(c1), a2 = small_f32(c2);
   auto dx = at::empty_like(xc);
   const auto f32 = xc.options().dtype(torch::kFloat);

@@ -3,9 +3,10 @@
 /// CUDA file compiles stand-alone with `nvcc -c`. The tensor glue lives in gate_function.cpp
 /// (CPU) and gate_cuda_dispatch.cpp (CUDA).
 ///
-/// Layout: x is contiguous and viewed as [n, c, p]: p = H*W for N×C×H×W inputs, p = 1 for
-/// N×F inputs (then c = F). The mask has `mask_numel` elements: c*p (pixel granularity),
-/// c (channel) or 1 (layer). Coefficients c0, c1, c2 have c elements.
+/// Layout: x is viewed as [n, c, p] (p = H*W for N×C×H×W inputs, p = 1 for N×F inputs, then
+/// c = F), stored contiguously in that order or, GateLayout::channels_last, as [n, p, c]. The
+/// mask has `mask_numel` elements: c*p (pixel granularity, [c, p] in either layout), c (channel)
+/// or 1 (layer). Coefficients c0, c1, c2 have c elements.
 ///
 /// Forward:  y = m*relu(x) + (1-m)*q(x),  q(x) = c0 + s1*c1*x + s2*c2*x^2 (c2 ignored for degree 1).
 /// Backward, for dL/dy = g:
@@ -28,14 +29,24 @@ struct GateProblem {
   int degree = 2;          ///< 1 or 2
 };
 
+/// Memory layout of x (and g, y, dx).
+///   channels_first: [n, c, p] contiguous (NCHW).
+///   channels_last:  [n, p, c] contiguous: an NCHW tensor in channels_last memory, or an N×F
+///                   input (p = 1). On the GPU threads walk the channels, so loads coalesce
+///                   however small p is; on the CPU each row of c channels is one vector loop.
+///                   The mask (and its gradient) keeps its [c, p] order in either layout.
+enum class GateLayout { channels_first, channels_last };
+
 // ---- CPU (layers/kernels/gate_cpu.cpp), float and double ----------------------------------
 
 /// y[n*c*p] from x; when `moments` is not null it receives per-channel sum(x) in moments[0..c)
 /// and sum(x^2) in moments[c..2c) (accumulated in double, same pass over x).
 void gate_forward_cpu(const GateProblem& pr, const float* x, const float* mask, const float* c0,
-                      const float* c1, const float* c2, float* y, double* moments);
+                      const float* c1, const float* c2, float* y, double* moments,
+                      GateLayout layout = GateLayout::channels_first);
 void gate_forward_cpu(const GateProblem& pr, const double* x, const double* mask, const double* c0,
-                      const double* c1, const double* c2, double* y, double* moments);
+                      const double* c1, const double* c2, double* y, double* moments,
+                      GateLayout layout = GateLayout::channels_first);
 
 /// One pass over x and g: writes dx[n*c*p] (every element), g_mask[mask_numel] and
 /// dc[3*c] = (dc0, dc1, dc2) (dc2 is written as 0 for degree 1). Deterministic for a given
@@ -43,10 +54,10 @@ void gate_forward_cpu(const GateProblem& pr, const double* x, const double* mask
 /// and the thread count.
 void gate_backward_cpu(const GateProblem& pr, const float* x, const float* g, const float* mask,
                        const float* c0, const float* c1, const float* c2, float* dx, float* g_mask,
-                       float* dc);
+                       float* dc, GateLayout layout = GateLayout::channels_first);
 void gate_backward_cpu(const GateProblem& pr, const double* x, const double* g, const double* mask,
                        const double* c0, const double* c1, const double* c2, double* dx,
-                       double* g_mask, double* dc);
+                       double* g_mask, double* dc, GateLayout layout = GateLayout::channels_first);
 
 /// Instruction set the CPU kernels run with: "avx512", "avx2" (x86-64, GCC builds, chosen at
 /// run time from the CPU) or "generic".
@@ -61,12 +72,6 @@ bool gate_cpu_set_isa(const char* isa);
 /// Element type of x, g, y and dx on the GPU. Mask and coefficients are float32; the math is
 /// float32, the moments accumulate in double.
 enum class GateDtype { f32, f16, bf16 };
-
-/// Memory layout of x (and g, y, dx) on the GPU.
-///   channels_first: [n, c, p] contiguous (NCHW).
-///   channels_last:  [n, p, c] contiguous: an NCHW tensor in channels_last memory, or an N×F
-///                   input (p = 1). Threads walk the channels, so loads coalesce however small p is.
-enum class GateLayout { channels_first, channels_last };
 
 /// Rows of the partial-sum buffers the CUDA kernels write instead of accumulating with atomics:
 /// every block writes its own row, and the caller sums the rows in a fixed order, so every

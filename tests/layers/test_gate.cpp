@@ -216,6 +216,54 @@ TEST_CASE("fused gate refuses double backward", "[gate][fused]") {
                     Catch::Contains("double backward"));
 }
 
+TEST_CASE("channels_last inputs run without a copy, keep their format and match the composite (every CPU path)",
+          "[gate][fused]") {
+  torch::manual_seed(12);
+  const int threads = torch::get_num_threads();
+  for (const char* isa : {"generic", "avx2", "avx512"}) {
+    if (!kernels::gate_cpu_set_isa(isa)) continue;  // not on this CPU / build
+    for (int t : {1, 3}) {
+      torch::set_num_threads(t);
+      // 75 and 162 rows: row chunks end inside a thread's block and inside a sample.
+      for (std::vector<int64_t> shape : {std::vector<int64_t>{5, 4, 3, 7}, std::vector<int64_t>{1, 3, 9, 9},
+                                         std::vector<int64_t>{3, 70, 5, 5}, std::vector<int64_t>{2, 16, 9, 9}}) {
+        for (std::string gran : {"pixel", "channel", "layer"}) {
+          for (auto dtype : {torch::kDouble, torch::kFloat}) {
+            CAPTURE(isa, t, shape, gran, dtype);
+            const double rtol = dtype == torch::kDouble ? 1e-6 : 1e-4;
+            const double atol = dtype == torch::kDouble ? 1e-9 : 1e-4;
+            const auto in = make_inputs(shape, gran, dtype);
+            GateInputs cl = in;
+            cl.x = in.x.detach().contiguous(at::MemoryFormat::ChannelsLast).requires_grad_(true);
+            cl.g = in.g.contiguous(at::MemoryFormat::ChannelsLast);
+            REQUIRE_FALSE(cl.x.is_contiguous());
+            torch::Tensor moments;
+            {
+              torch::NoGradGuard ng;
+              const auto y = gate_fused(cl.x, in.aux, in.mask, in.c0, in.c1, in.c2, 1.0, 0.1, 2, &moments);
+              CHECK(y.is_contiguous(at::MemoryFormat::ChannelsLast));
+            }
+            const auto f = run_gate(cl, true, 2);
+            const auto c = run_gate(in, false, 2);
+            CHECK(f.dx.is_contiguous(at::MemoryFormat::ChannelsLast));
+            CHECK(close(f.y, c.y, rtol, atol));
+            CHECK(close(f.dx, c.dx, rtol, atol));
+            CHECK(close(f.daux, c.daux, rtol, atol));
+            CHECK(close(f.dc0, c.dc0, rtol, atol));
+            CHECK(close(f.dc1, c.dc1, rtol, atol));
+            CHECK(close(f.dc2, c.dc2, rtol, atol));
+            const auto xd = in.x.detach().to(torch::kDouble);
+            CHECK(torch::allclose(moments[0], xd.sum({0, 2, 3}), rtol, atol));
+            CHECK(torch::allclose(moments[1], (xd * xd).sum({0, 2, 3}), rtol, atol));
+          }
+        }
+      }
+    }
+  }
+  CHECK(kernels::gate_cpu_set_isa(""));
+  torch::set_num_threads(threads);
+}
+
 TEST_CASE("fused forward returns per-channel moments of x from the same pass", "[gate][fused]") {
   torch::manual_seed(4);
   for (std::vector<int64_t> shape : {std::vector<int64_t>{5, 3, 4, 7}, std::vector<int64_t>{6, 9}}) {

@@ -45,6 +45,7 @@ void add_bench_commands(CLI::App& app, Commands& out) {
     std::string shape = "64,64,28,28", device = "cpu", granularity = "pixel", dtype = "float32";
     int64_t threads = 0;
     int iters = 20;
+    bool channels_last = false;
   };
   auto ga = std::make_shared<GateArgs>();
   auto* gate = bench->add_subcommand("gate", "Fused gate vs plain ReLU vs composite gate, forward+backward");
@@ -56,6 +57,8 @@ void add_bench_commands(CLI::App& app, Commands& out) {
       ->check(CLI::IsMember({"float32", "bfloat16", "float16"}));
   gate->add_option("--threads", ga->threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
   gate->add_option("--iters", ga->iters, "Timed iterations per variant (default 20)")->check(CLI::PositiveNumber);
+  gate->add_flag("--channels-last", ga->channels_last,
+                 "x and dL/dy in channels_last memory (N,C,H,W shapes): the row kernels; ReLU and the copy too");
   out.push_back({gate, [ga] {
                    configure_threads(ga->threads);
                    layers::GateBenchOptions o;
@@ -64,6 +67,7 @@ void add_bench_commands(CLI::App& app, Commands& out) {
                    o.granularity = ga->granularity;
                    o.dtype = ga->dtype;
                    o.iters = ga->iters;
+                   o.channels_last = ga->channels_last;
                    return layers::run_gate_bench(o, std::cout);
                  }});
 
