@@ -226,7 +226,8 @@ TEST_CASE("channels_last inputs run without a copy, keep their format and match 
       torch::set_num_threads(t);
       // 75 and 162 rows: row chunks end inside a thread's block and inside a sample.
       for (std::vector<int64_t> shape : {std::vector<int64_t>{5, 4, 3, 7}, std::vector<int64_t>{1, 3, 9, 9},
-                                         std::vector<int64_t>{3, 70, 5, 5}, std::vector<int64_t>{2, 16, 9, 9}}) {
+                                         std::vector<int64_t>{3, 70, 5, 5}, std::vector<int64_t>{2, 16, 9, 9},
+                                         std::vector<int64_t>{8, 16, 28, 28}}) {
         for (std::string gran : {"pixel", "channel", "layer"}) {
           for (auto dtype : {torch::kDouble, torch::kFloat}) {
             CAPTURE(isa, t, shape, gran, dtype);

@@ -64,16 +64,24 @@ int run_epoch_bench(const EpochBenchOptions& o, std::ostream& out) {
   std::vector<Timed> runs;
   try {
     fs::create_directories(dir);
-    runs.push_back(timed_run("baseline", base, dir / "baseline", o.steps));
+    // Each run in the default layout, then (--channels-last) in channels_last memory.
+    auto both = [&](const std::string& what, engine::Config c, const std::string& folder) {
+      c.train.channels_last = false;
+      runs.push_back(timed_run(what, c, dir / folder, o.steps));
+      if (!o.channels_last) return;
+      c.train.channels_last = true;
+      runs.push_back(timed_run(what + ", cl", c, dir / (folder + "-cl"), o.steps));
+    };
+    both("baseline", base, "baseline");
     // Its last.pt (all ReLUs, a few steps in) is the teacher of the reduction runs.
     engine::Config red = base;
     red.search.teacher = (dir / "baseline" / "checkpoints" / "last.pt").string();
     red.search.budget = search::Budget(o.budget);
     red.search.kd.teacher_dtype = o.teacher_dtype;
     red.method = "autorep";
-    runs.push_back(timed_run("search (autorep)", red, dir / "autorep", o.steps));
+    both("search (autorep)", red, "autorep");
     red.method = "uniform";
-    runs.push_back(timed_run("finetune (uniform)", red, dir / "uniform", o.steps));
+    both("finetune (uniform)", red, "uniform");
   } catch (...) {
     std::error_code ec;
     fs::remove_all(dir, ec);
@@ -93,8 +101,18 @@ int run_epoch_bench(const EpochBenchOptions& o, std::ostream& out) {
     out << "  " << std::left << std::setw(20) << r.what << std::right << std::setprecision(1) << std::setw(9)
         << r.ms_per_step << " ms/step over " << r.steps << " steps\n";
   }
-  out << std::setprecision(3) << "search_epoch_over_baseline=" << runs[1].ms_per_step / runs[0].ms_per_step << "\n"
-      << "finetune_epoch_over_baseline=" << runs[2].ms_per_step / runs[0].ms_per_step << "\n";
+  // runs: baseline, search, finetune, or with --channels-last each followed by its cl run.
+  const size_t k = o.channels_last ? 2 : 1;
+  out << std::setprecision(3) << "search_epoch_over_baseline=" << runs[k].ms_per_step / runs[0].ms_per_step << "\n"
+      << "finetune_epoch_over_baseline=" << runs[2 * k].ms_per_step / runs[0].ms_per_step << "\n";
+  if (o.channels_last) {
+    const char* names[] = {"baseline", "search", "finetune"};
+    for (size_t i = 0; i < 3; ++i)
+      out << names[i] << "_channels_last_over_default=" << runs[2 * i + 1].ms_per_step / runs[2 * i].ms_per_step
+          << "\n";
+    out << "channels_last: search_epoch_over_baseline=" << runs[3].ms_per_step / runs[1].ms_per_step
+        << " finetune_epoch_over_baseline=" << runs[5].ms_per_step / runs[1].ms_per_step << "\n";
+  }
   return 0;
 }
 

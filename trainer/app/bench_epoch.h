@@ -20,6 +20,8 @@ struct EpochBenchOptions {
   int64_t threads = 0;                    ///< train.threads of every run (0: all cores)
   std::string teacher_dtype = "float32";  ///< search.kd.teacher_dtype of the search run
   std::string budget = "3%";              ///< search.budget of the search and finetune runs
+  /// Also run each of the three with train.channels_last, right after its default-layout run.
+  bool channels_last = false;
 };
 
 /// Three short runs with the default config (batch 128, the model's defaults) in a temporary
@@ -27,7 +29,8 @@ struct EpochBenchOptions {
 /// in its finetune phase, each stopped after `steps` steps. Setup, calibration, evaluation and
 /// checkpoints are not timed: only the steps (batch assembly, the step, progress), as
 /// RunResult::step_seconds. Ends with `search_epoch_over_baseline=<ratio>` and
-/// `finetune_epoch_over_baseline=<ratio>`.
+/// `finetune_epoch_over_baseline=<ratio>`; with `channels_last` also each run's
+/// `<run>_channels_last_over_default=<ratio>` and the two ratios of the channels_last runs.
 int run_epoch_bench(const EpochBenchOptions& options, std::ostream& out);
 
 }  // namespace autorep::trainer::app

@@ -14,6 +14,7 @@
 #include "trainer/engine/config.h"
 #include "trainer/models/net.h"
 #include "trainer/engine/checkpoint.h"
+#include "trainer/engine/device.h"
 #include "trainer/engine/optim.h"
 #include "trainer/engine/spike_guard.h"
 #include "trainer/engine/step.h"
@@ -58,11 +59,7 @@ class MethodStep {
   }
   models::NetImpl& model() { return *ctx_.model; }
   /// Every 4-d parameter (the convolutions' weights) in channels_last memory.
-  void to_channels_last() {
-    torch::NoGradGuard no_grad;
-    for (auto& p : ctx_.model->parameters())
-      if (p.dim() == 4) p.set_data(p.data().contiguous(at::MemoryFormat::ChannelsLast));
-  }
+  void to_channels_last() { engine::set_memory_format(*ctx_.model, true); }
   const Phase& phase() const { return phase_; }
   void step(const torch::Tensor& x, const torch::Tensor& y) {
     const StepEnv env{&ctx_, method_.get(), &guard_, running_stats_.get(), x.size(0), nullptr, nullptr};

@@ -108,6 +108,7 @@ void add_bench_commands(CLI::App& app, Commands& out) {
     std::string model = "resnet20", input = "1x28x28", device = "cpu", data = "fashion-mnist", data_path;
     std::string teacher_dtype = "float32", budget = "3%";
     int64_t steps = 0, threads = 0;
+    bool channels_last = false;
   };
   auto ea = std::make_shared<EpochArgs>();
   auto* epoch = bench->add_subcommand(
@@ -122,6 +123,8 @@ void add_bench_commands(CLI::App& app, Commands& out) {
   epoch->add_option("--teacher-dtype", ea->teacher_dtype, "search.kd.teacher_dtype of the search run (default float32)")
       ->check(CLI::IsMember({"float32", "bfloat16"}));
   epoch->add_option("--budget", ea->budget, "search.budget of the reduction runs (default 3%)");
+  epoch->add_flag("--channels-last", ea->channels_last,
+                  "Also time each run with train.channels_last, right after its default-layout run");
   out.push_back({epoch, [ea] {
                    configure_threads(ea->threads);
                    EpochBenchOptions o;
@@ -133,6 +136,7 @@ void add_bench_commands(CLI::App& app, Commands& out) {
                    o.device = ea->device;
                    o.threads = ea->threads;
                    o.teacher_dtype = ea->teacher_dtype;
+                   o.channels_last = ea->channels_last;
                    o.budget = ea->budget;
                    return run_epoch_bench(o, std::cout);
                  }});

@@ -8,6 +8,7 @@
 #include <stdexcept>
 
 #include "layers/util/atomic_file.h"
+#include "trainer/engine/device.h"
 
 namespace autorep::trainer::engine {
 
@@ -83,8 +84,13 @@ void load_checkpoint(const std::string& path, torch::nn::Module& model, torch::o
   torch::serialize::InputArchive model_archive;
   if (!archive.try_read("model", model_archive))
     throw std::runtime_error(path + ": not an autorep checkpoint (no model entry)");
+  // Loading replaces each parameter by the stored tensor, strides included: the model keeps its
+  // own memory format whatever the file's (a channels_last run's checkpoint loads into an NCHW
+  // model for export, and the reverse on resume).
+  const bool channels_last = is_channels_last(model);
   try {
     model.load(model_archive);
+    set_memory_format(model, channels_last);
   } catch (const c10::Error& e) {
     throw std::runtime_error(path + ": does not match the model built from its config (" +
                              std::string(e.what_without_backtrace()) + ")");

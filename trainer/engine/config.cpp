@@ -32,7 +32,7 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(FairnessOptions, enabled, mu, to
 namespace autorep::trainer::engine {
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(TrainOptions, epochs, seed, label_smoothing, threads, device,
                                                 checkpoint_interval_s, log_every, eval_every, skip_spikes,
-                                                spike_rollbacks)
+                                                spike_rollbacks, channels_last)
 
 namespace {
 
@@ -318,7 +318,8 @@ nlohmann::json comparable_config(const nlohmann::json& config_json, const Config
   } catch (const std::exception&) {
   }
   if (out.contains("train"))
-    for (const char* k : {"threads", "device", "checkpoint_interval_s", "log_every"}) out["train"].erase(k);
+    for (const char* k : {"threads", "device", "checkpoint_interval_s", "log_every", "channels_last"})
+      out["train"].erase(k);
   if (const MethodSchema* m = schema.find(out.value("method", std::string("baseline"))))
     for (const auto& key : m->unused_keys) erase_path(out, key);
   return out;

@@ -26,4 +26,26 @@ torch::Device resolve_device(const std::string& device) {
   throw std::runtime_error("device \"" + device + "\": expected auto, cpu or cuda");
 }
 
+void set_memory_format(torch::nn::Module& module, bool channels_last) {
+  const auto format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  torch::NoGradGuard no_grad;
+  for (auto& p : module.parameters()) {
+    if (p.dim() == 4 && !p.is_contiguous(format)) p.set_data(p.data().contiguous(format));
+  }
+}
+
+bool is_channels_last(const torch::nn::Module& module) {
+  for (const auto& p : module.parameters()) {
+    if (p.dim() != 4) continue;
+    const bool nchw = p.is_contiguous(), cl = p.is_contiguous(at::MemoryFormat::ChannelsLast);
+    if (nchw != cl) return cl;  // both: a weight with one input channel (or 1x1 maps) says nothing
+  }
+  return false;
+}
+
+torch::Tensor in_format_of(const torch::nn::Module& module, const torch::Tensor& x) {
+  if (x.dim() != 4 || !is_channels_last(module)) return x;
+  return x.contiguous(at::MemoryFormat::ChannelsLast);
+}
+
 }  // namespace autorep::trainer::engine

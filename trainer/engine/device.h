@@ -1,6 +1,7 @@
 #pragma once
-/// Where a run computes: LibTorch's thread count and the device.
+/// Where a run computes: LibTorch's thread count, the device and the memory format.
 
+#include <torch/nn/module.h>
 #include <torch/types.h>
 
 #include <cstdint>
@@ -12,5 +13,15 @@ namespace autorep::trainer::engine {
 int64_t configure_threads(int64_t threads);
 /// Resolves "auto" | "cpu" | "cuda" (error when cuda is asked for but not available).
 torch::Device resolve_device(const std::string& device);
+
+/// Puts every 4-d parameter of `module` in channels_last memory (true) or back in contiguous
+/// NCHW memory (false), values unchanged (`train.channels_last`): convolutions, batch norm and
+/// the gate kernels then run on that layout. Does nothing to parameters already in it.
+void set_memory_format(torch::nn::Module& module, bool channels_last);
+/// Whether `module`'s 4-d parameters are in channels_last memory (the first one whose two
+/// layouts differ decides; false without any).
+bool is_channels_last(const torch::nn::Module& module);
+/// An N×C×H×W batch in `module`'s memory format (a copy only when it differs); other shapes as is.
+torch::Tensor in_format_of(const torch::nn::Module& module, const torch::Tensor& x);
 
 }  // namespace autorep::trainer::engine

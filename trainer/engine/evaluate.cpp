@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "trainer/engine/device.h"
 #include "trainer/engine/distributed.h"
 
 namespace autorep::trainer::engine {
@@ -64,7 +65,7 @@ EvalResult evaluate(models::NetImpl& model, const data::DataSplits& data, const 
   for (int64_t start = first; start < last; start += batch_size) {
     const int64_t end = std::min(last, start + batch_size);
     auto idx = torch::arange(start, end, torch::kLong);
-    auto x = data::make_batch(data, split, idx, /*train=*/false, 0).to(device);
+    auto x = in_format_of(model, data::make_batch(data, split, idx, /*train=*/false, 0).to(device));
     accumulate(r, model.forward(x), split.labels.slice(0, start, end), classes);
   }
   model.train(was_training);

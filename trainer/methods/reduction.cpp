@@ -10,6 +10,7 @@
 #include "layers/util/text.h"
 #include "search/snl.h"
 #include "trainer/engine/checkpoint.h"
+#include "trainer/engine/device.h"
 #include "trainer/engine/distributed.h"
 #include "trainer/models/registry.h"
 
@@ -85,12 +86,17 @@ void init_from_teacher(models::NetImpl& student, models::NetImpl& teacher) {
   }
 }
 
-models::Net kd_teacher(const models::Net& teacher, const std::string& dtype, const torch::Device& device) {
-  if (dtype == "float32") return teacher;
+models::Net kd_teacher(const models::Net& teacher, const std::string& dtype, const torch::Device& device,
+                       bool channels_last) {
+  if (dtype == "float32") {
+    engine::set_memory_format(*teacher, channels_last);
+    return teacher;
+  }
   TORCH_CHECK(dtype == "bfloat16", "kd_teacher: unknown dtype ", dtype);
   models::Net copy = models::build_model(teacher->spec(), layers::relu_factory());
   init_from_teacher(*copy, *teacher);
   copy->to(device, torch::kBFloat16);
+  engine::set_memory_format(*copy, channels_last);
   copy->eval();
   return copy;
 }
@@ -125,7 +131,7 @@ void ReductionMethod::prepare(TrainContext& ctx, bool resuming) {
   teacher_->to(ctx.device);
   teacher_->eval();
   const std::string& dtype = config_.search.kd.teacher_dtype;
-  kd_teacher_ = kd_teacher(teacher_, dtype, ctx.device);
+  kd_teacher_ = kd_teacher(teacher_, dtype, ctx.device, config_.train.channels_last);
   if (dtype == "bfloat16" && ctx.device.is_cpu() && !cpu_has_native_bf16())
     ctx.log("note: search.kd.teacher_dtype bfloat16 on a CPU without native bfloat16: the teacher forward is "
             "emulated and slower than float32");

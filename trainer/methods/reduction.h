@@ -28,8 +28,10 @@ models::Net load_teacher(const engine::Config& config, const models::ModelSpec& 
 void init_from_teacher(models::NetImpl& student, models::NetImpl& teacher);
 
 /// The network that computes the KD targets (search.kd.teacher_dtype): `teacher` itself for
-/// "float32", an eval-mode bfloat16 copy of it on `device` for "bfloat16".
-models::Net kd_teacher(const models::Net& teacher, const std::string& dtype, const torch::Device& device);
+/// "float32", an eval-mode bfloat16 copy of it on `device` for "bfloat16"; with `channels_last`
+/// (train.channels_last) in channels_last memory (the float32 teacher is converted in place).
+models::Net kd_teacher(const models::Net& teacher, const std::string& dtype, const torch::Device& device,
+                       bool channels_last = false);
 
 /// The teacher's logits for `x` as float32, without autograd (`x` is cast to the teacher's dtype).
 torch::Tensor teacher_logits(models::NetImpl& teacher, const torch::Tensor& x);
