@@ -342,9 +342,6 @@ void forward_cl(const GateProblem& pr, const T* x, const T* mask, const T* c0, c
   std::vector<double> part(MOMENTS ? 2 * B * C : 0, 0.0);
   at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> chunk(MOMENTS ? 2 * C : 0);
-    const T* __restrict__ a = tab.a.data();
-    const T* __restrict__ b = tab.b.data();
-    const T* __restrict__ d = tab.d.data();
     for (int64_t blk = begin; blk < end; ++blk) {
       int64_t r0, r1;
       range_of(blk, B, rows, &r0, &r1);
@@ -356,7 +353,8 @@ void forward_cl(const GateProblem& pr, const T* x, const T* mask, const T* c0, c
         T* __restrict__ s = MOMENTS ? chunk.data() : nullptr;
         T* __restrict__ s2 = MOMENTS ? chunk.data() + C : nullptr;
         for (; r < r_end; ++r) {
-          forward_row<T, MOMENTS>(C, x + r * C, tab.m.data() + (PIXEL ? pos * C : 0), a, b, d, y + r * C, s, s2);
+          forward_row<T, MOMENTS>(C, x + r * C, tab.m.data() + (PIXEL ? pos * C : 0), tab.a.data(), tab.b.data(),
+                                  tab.d.data(), y + r * C, s, s2);
           if (++pos == P) pos = 0;
         }
         for (int64_t j = 0; MOMENTS && j < 2 * C; ++j) sums[j] += chunk[j];
@@ -608,9 +606,6 @@ void backward_cl(const GateProblem& pr, const T* x, const T* g, const T* mask, c
   std::vector<double> part(4 * B * C, 0.0);  // per block: gm, d0, d1, d2 per channel
   at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> chunk(4 * C);
-    const T* __restrict__ a = tab.a.data();
-    const T* __restrict__ b = tab.b.data();
-    const T* __restrict__ d = tab.d.data();
     for (int64_t blk = begin; blk < end; ++blk) {
       int64_t r0, r1;
       range_of(blk, B, rows, &r0, &r1);
@@ -627,8 +622,8 @@ void backward_cl(const GateProblem& pr, const T* x, const T* g, const T* mask, c
         for (; r < r_end; ++r) {
           // A pixel mask's gradient goes to the block's [p, c] scratch, a channel mask's to sm.
           T* gm = PIXEL ? gm_block + pos * C : sm;
-          backward_row<T>(C, x + r * C, g + r * C, tab.m.data() + (PIXEL ? pos * C : 0), a, b, d, dx + r * C, gm,
-                          s0, s1, s2);
+          backward_row<T>(C, x + r * C, g + r * C, tab.m.data() + (PIXEL ? pos * C : 0), tab.a.data(), tab.b.data(),
+                          tab.d.data(), dx + r * C, gm, s0, s1, s2);
           if (++pos == P) pos = 0;
         }
         for (int64_t j = 0; j < 4 * C; ++j) sums[j] += chunk[j];

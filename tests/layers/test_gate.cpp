@@ -75,6 +75,21 @@ double normal_expectation(double mu, double sigma, const std::function<double(do
   return s * h / 3;
 }
 
+// Runs `body` under every CPU code path this build and CPU have (ISA) at 1 and 3 threads, then
+// restores the defaults.
+void for_each_cpu_path(const std::function<void(const char* isa, int threads)>& body) {
+  const int threads = torch::get_num_threads();
+  for (const char* isa : {"generic", "avx2", "avx512"}) {
+    if (!kernels::gate_cpu_set_isa(isa)) continue;  // not on this CPU / build
+    for (int t : {1, 3}) {
+      torch::set_num_threads(t);
+      body(isa, t);
+    }
+  }
+  CHECK(kernels::gate_cpu_set_isa(""));
+  torch::set_num_threads(threads);
+}
+
 }  // namespace
 
 TEST_CASE("fused gate matches the composite reference: outputs and every gradient", "[gate][fused]") {
@@ -113,37 +128,30 @@ TEST_CASE("fused gate matches the composite reference: outputs and every gradien
 
 TEST_CASE("every CPU code path (ISA, thread count) gives the composite's results", "[gate][fused]") {
   torch::manual_seed(11);
-  const int threads = torch::get_num_threads();
-  for (const char* isa : {"generic", "avx2", "avx512"}) {
-    if (!kernels::gate_cpu_set_isa(isa)) continue;  // not on this CPU / build
-    for (int t : {1, 3}) {
-      torch::set_num_threads(t);
-      for (std::vector<int64_t> shape : {std::vector<int64_t>{5, 4, 3, 7}, std::vector<int64_t>{2, 5, 6, 6},
-                                         std::vector<int64_t>{1, 3, 9, 9}, std::vector<int64_t>{4, 37}}) {
-        for (std::string gran : {"pixel", "channel", "layer"}) {
-          CAPTURE(isa, t, shape, gran, kernels::gate_cpu_isa());
-          REQUIRE(std::string(kernels::gate_cpu_isa()) == isa);
-          const auto in = make_inputs(shape, gran, torch::kDouble);
-          torch::Tensor moments;
-          auto y = gate_fused(in.x, in.aux, in.mask, in.c0, in.c1, in.c2, 1.0, 0.1, 2, &moments);
-          const auto f = run_gate(in, true, 2);
-          const auto c = run_gate(in, false, 2);
-          CHECK(close(f.y, c.y, 1e-6, 1e-9));
-          CHECK(close(f.dx, c.dx, 1e-6, 1e-9));
-          CHECK(close(f.daux, c.daux, 1e-6, 1e-9));
-          CHECK(close(f.dc0, c.dc0, 1e-6, 1e-9));
-          CHECK(close(f.dc1, c.dc1, 1e-6, 1e-9));
-          CHECK(close(f.dc2, c.dc2, 1e-6, 1e-9));
-          std::vector<int64_t> dims{0};
-          for (size_t d = 2; d < shape.size(); ++d) dims.push_back(static_cast<int64_t>(d));
-          CHECK(torch::allclose(moments[0], in.x.detach().sum(dims), 1e-9, 1e-9));
-        }
+  for_each_cpu_path([](const char* isa, int t) {
+    for (std::vector<int64_t> shape : {std::vector<int64_t>{5, 4, 3, 7}, std::vector<int64_t>{2, 5, 6, 6},
+                                       std::vector<int64_t>{1, 3, 9, 9}, std::vector<int64_t>{4, 37}}) {
+      for (std::string gran : {"pixel", "channel", "layer"}) {
+        CAPTURE(isa, t, shape, gran, kernels::gate_cpu_isa());
+        REQUIRE(std::string(kernels::gate_cpu_isa()) == isa);
+        const auto in = make_inputs(shape, gran, torch::kDouble);
+        torch::Tensor moments;
+        auto y = gate_fused(in.x, in.aux, in.mask, in.c0, in.c1, in.c2, 1.0, 0.1, 2, &moments);
+        const auto f = run_gate(in, true, 2);
+        const auto c = run_gate(in, false, 2);
+        CHECK(close(f.y, c.y, 1e-6, 1e-9));
+        CHECK(close(f.dx, c.dx, 1e-6, 1e-9));
+        CHECK(close(f.daux, c.daux, 1e-6, 1e-9));
+        CHECK(close(f.dc0, c.dc0, 1e-6, 1e-9));
+        CHECK(close(f.dc1, c.dc1, 1e-6, 1e-9));
+        CHECK(close(f.dc2, c.dc2, 1e-6, 1e-9));
+        std::vector<int64_t> dims{0};
+        for (size_t d = 2; d < shape.size(); ++d) dims.push_back(static_cast<int64_t>(d));
+        CHECK(torch::allclose(moments[0], in.x.detach().sum(dims), 1e-9, 1e-9));
       }
     }
-  }
-  CHECK(kernels::gate_cpu_set_isa(""));
+  });
   CHECK_FALSE(kernels::gate_cpu_set_isa("neon"));
-  torch::set_num_threads(threads);
 }
 
 TEST_CASE("STE gradient of aux is softplus(aux) * sum_batch (relu(x) - p(x)) * dL/dy", "[gate][ste]") {
@@ -219,50 +227,43 @@ TEST_CASE("fused gate refuses double backward", "[gate][fused]") {
 TEST_CASE("channels_last inputs run without a copy, keep their format and match the composite (every CPU path)",
           "[gate][fused]") {
   torch::manual_seed(12);
-  const int threads = torch::get_num_threads();
-  for (const char* isa : {"generic", "avx2", "avx512"}) {
-    if (!kernels::gate_cpu_set_isa(isa)) continue;  // not on this CPU / build
-    for (int t : {1, 3}) {
-      torch::set_num_threads(t);
-      // 75 and 162 rows: row chunks end inside a thread's block and inside a sample.
-      for (std::vector<int64_t> shape : {std::vector<int64_t>{5, 4, 3, 7}, std::vector<int64_t>{1, 3, 9, 9},
-                                         std::vector<int64_t>{3, 70, 5, 5}, std::vector<int64_t>{2, 16, 9, 9},
-                                         std::vector<int64_t>{8, 16, 28, 28}}) {
-        for (std::string gran : {"pixel", "channel", "layer"}) {
-          for (auto dtype : {torch::kDouble, torch::kFloat}) {
-            CAPTURE(isa, t, shape, gran, dtype);
-            const double rtol = dtype == torch::kDouble ? 1e-6 : 1e-4;
-            const double atol = dtype == torch::kDouble ? 1e-9 : 1e-4;
-            const auto in = make_inputs(shape, gran, dtype);
-            GateInputs cl = in;
-            cl.x = in.x.detach().contiguous(at::MemoryFormat::ChannelsLast).requires_grad_(true);
-            cl.g = in.g.contiguous(at::MemoryFormat::ChannelsLast);
-            REQUIRE_FALSE(cl.x.is_contiguous());
-            torch::Tensor moments;
-            {
-              torch::NoGradGuard ng;
-              const auto y = gate_fused(cl.x, in.aux, in.mask, in.c0, in.c1, in.c2, 1.0, 0.1, 2, &moments);
-              CHECK(y.is_contiguous(at::MemoryFormat::ChannelsLast));
-            }
-            const auto f = run_gate(cl, true, 2);
-            const auto c = run_gate(in, false, 2);
-            CHECK(f.dx.is_contiguous(at::MemoryFormat::ChannelsLast));
-            CHECK(close(f.y, c.y, rtol, atol));
-            CHECK(close(f.dx, c.dx, rtol, atol));
-            CHECK(close(f.daux, c.daux, rtol, atol));
-            CHECK(close(f.dc0, c.dc0, rtol, atol));
-            CHECK(close(f.dc1, c.dc1, rtol, atol));
-            CHECK(close(f.dc2, c.dc2, rtol, atol));
-            const auto xd = in.x.detach().to(torch::kDouble);
-            CHECK(torch::allclose(moments[0], xd.sum({0, 2, 3}), rtol, atol));
-            CHECK(torch::allclose(moments[1], (xd * xd).sum({0, 2, 3}), rtol, atol));
+  for_each_cpu_path([](const char* isa, int t) {
+    // 75 and 162 rows: row chunks end inside a thread's block and inside a sample.
+    for (std::vector<int64_t> shape : {std::vector<int64_t>{5, 4, 3, 7}, std::vector<int64_t>{1, 3, 9, 9},
+                                       std::vector<int64_t>{3, 70, 5, 5}, std::vector<int64_t>{2, 16, 9, 9},
+                                       std::vector<int64_t>{8, 16, 28, 28}}) {
+      for (std::string gran : {"pixel", "channel", "layer"}) {
+        for (auto dtype : {torch::kDouble, torch::kFloat}) {
+          CAPTURE(isa, t, shape, gran, dtype);
+          const double rtol = dtype == torch::kDouble ? 1e-6 : 1e-4;
+          const double atol = dtype == torch::kDouble ? 1e-9 : 1e-4;
+          const auto in = make_inputs(shape, gran, dtype);
+          GateInputs cl = in;
+          cl.x = in.x.detach().contiguous(at::MemoryFormat::ChannelsLast).requires_grad_(true);
+          cl.g = in.g.contiguous(at::MemoryFormat::ChannelsLast);
+          REQUIRE_FALSE(cl.x.is_contiguous());
+          torch::Tensor moments;
+          {
+            torch::NoGradGuard ng;
+            const auto y = gate_fused(cl.x, in.aux, in.mask, in.c0, in.c1, in.c2, 1.0, 0.1, 2, &moments);
+            CHECK(y.is_contiguous(at::MemoryFormat::ChannelsLast));
           }
+          const auto f = run_gate(cl, true, 2);
+          const auto c = run_gate(in, false, 2);
+          CHECK(f.dx.is_contiguous(at::MemoryFormat::ChannelsLast));
+          CHECK(close(f.y, c.y, rtol, atol));
+          CHECK(close(f.dx, c.dx, rtol, atol));
+          CHECK(close(f.daux, c.daux, rtol, atol));
+          CHECK(close(f.dc0, c.dc0, rtol, atol));
+          CHECK(close(f.dc1, c.dc1, rtol, atol));
+          CHECK(close(f.dc2, c.dc2, rtol, atol));
+          const auto xd = in.x.detach().to(torch::kDouble);
+          CHECK(torch::allclose(moments[0], xd.sum({0, 2, 3}), rtol, atol));
+          CHECK(torch::allclose(moments[1], (xd * xd).sum({0, 2, 3}), rtol, atol));
         }
       }
     }
-  }
-  CHECK(kernels::gate_cpu_set_isa(""));
-  torch::set_num_threads(threads);
+  });
 }
 
 TEST_CASE("fused forward returns per-channel moments of x from the same pass", "[gate][fused]") {
