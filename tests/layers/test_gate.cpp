@@ -60,6 +60,16 @@ bool close(const torch::Tensor& a, const torch::Tensor& b, double rtol, double a
   return a.sizes() == b.sizes() && torch::allclose(a, b, rtol, atol);
 }
 
+// The fused gate's output and every gradient against the reference's.
+void check_same(const GateResult& f, const GateResult& c, double rtol, double atol) {
+  CHECK(close(f.y, c.y, rtol, atol));
+  CHECK(close(f.dx, c.dx, rtol, atol));
+  CHECK(close(f.daux, c.daux, rtol, atol));
+  CHECK(close(f.dc0, c.dc0, rtol, atol));
+  CHECK(close(f.dc1, c.dc1, rtol, atol));
+  CHECK(close(f.dc2, c.dc2, rtol, atol));
+}
+
 // Weights of a Gauss–Hermite-free quadrature: Simpson's rule for E[f(X)], X ~ N(mu, sigma^2),
 // over mu ± 12 sigma (the tail beyond is below 1e-30).
 double normal_expectation(double mu, double sigma, const std::function<double(double)>& f) {
@@ -112,12 +122,7 @@ TEST_CASE("fused gate matches the composite reference: outputs and every gradien
           const auto in = make_inputs(shape, gran, dtype);
           const auto f = run_gate(in, true, degree, 0.7, 0.3);
           const auto c = run_gate(in, false, degree, 0.7, 0.3);
-          CHECK(close(f.y, c.y, rtol, atol));
-          CHECK(close(f.dx, c.dx, rtol, atol));
-          CHECK(close(f.daux, c.daux, rtol, atol));
-          CHECK(close(f.dc0, c.dc0, rtol, atol));
-          CHECK(close(f.dc1, c.dc1, rtol, atol));
-          CHECK(close(f.dc2, c.dc2, rtol, atol));
+          check_same(f, c, rtol, atol);
           // The polynomial part must matter for this to mean anything.
           CHECK_FALSE(torch::allclose(f.y, torch::relu(in.x.detach())));
         }
@@ -139,12 +144,7 @@ TEST_CASE("every CPU code path (ISA, thread count) gives the composite's results
         auto y = gate_fused(in.x, in.aux, in.mask, in.c0, in.c1, in.c2, 1.0, 0.1, 2, &moments);
         const auto f = run_gate(in, true, 2);
         const auto c = run_gate(in, false, 2);
-        CHECK(close(f.y, c.y, 1e-6, 1e-9));
-        CHECK(close(f.dx, c.dx, 1e-6, 1e-9));
-        CHECK(close(f.daux, c.daux, 1e-6, 1e-9));
-        CHECK(close(f.dc0, c.dc0, 1e-6, 1e-9));
-        CHECK(close(f.dc1, c.dc1, 1e-6, 1e-9));
-        CHECK(close(f.dc2, c.dc2, 1e-6, 1e-9));
+        check_same(f, c, 1e-6, 1e-9);
         std::vector<int64_t> dims{0};
         for (size_t d = 2; d < shape.size(); ++d) dims.push_back(static_cast<int64_t>(d));
         CHECK(torch::allclose(moments[0], in.x.detach().sum(dims), 1e-9, 1e-9));
@@ -251,12 +251,7 @@ TEST_CASE("channels_last inputs run without a copy, keep their format and match 
           const auto f = run_gate(cl, true, 2);
           const auto c = run_gate(in, false, 2);
           CHECK(f.dx.is_contiguous(at::MemoryFormat::ChannelsLast));
-          CHECK(close(f.y, c.y, rtol, atol));
-          CHECK(close(f.dx, c.dx, rtol, atol));
-          CHECK(close(f.daux, c.daux, rtol, atol));
-          CHECK(close(f.dc0, c.dc0, rtol, atol));
-          CHECK(close(f.dc1, c.dc1, rtol, atol));
-          CHECK(close(f.dc2, c.dc2, rtol, atol));
+          check_same(f, c, rtol, atol);
           const auto xd = in.x.detach().to(torch::kDouble);
           CHECK(torch::allclose(moments[0], xd.sum({0, 2, 3}), rtol, atol));
           CHECK(torch::allclose(moments[1], (xd * xd).sum({0, 2, 3}), rtol, atol));
