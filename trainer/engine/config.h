@@ -86,7 +86,8 @@ struct TrainOptions {
   /// the learning rate halved, at most this many times (0: stop at the first divergence).
   int64_t spike_rollbacks = 3;
   /// Run the student and teacher in channels_last memory (weights and batches): faster
-  /// convolutions on the CPU's oneDNN path; results equal within float rounding.
+  /// convolutions on the CPU's oneDNN path, but not bitwise the NCHW run and, with LibTorch
+  /// 1.13's CPU kernels, less exact gradients (README, `train.channels_last`).
   bool channels_last = false;
 };
 
