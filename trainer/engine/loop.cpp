@@ -281,10 +281,8 @@ class TrainingRun {
       const auto t_step = Clock::now();
       const int64_t first = step_in_epoch_ * batch_ + rank_ * local_batch_;
       auto idx = order.slice(0, first, first + local_batch_);
-      auto x = in_format_of(*ctx_.model, data::make_batch(data_, data_.train, idx, /*train=*/true,
-                                                          data::batch_seed(config_.train.seed, epoch_, step_in_epoch_),
-                                                          rank_ * local_batch_)
-                                             .to(device_));
+      const auto seed = data::batch_seed(config_.train.seed, epoch_, step_in_epoch_);
+      auto x = in_format_of(*ctx_.model, data::make_batch(data_, data_.train, idx, true, seed, rank_ * local_batch_).to(device_));
       auto y = data_.train.labels.index_select(0, idx).to(device_);
       const double f = lr_factor(phase.optim, ctx_.phase_step, phase_steps, ctx_.steps_per_epoch);
       auto& groups = optimizer_->param_groups();
