@@ -297,7 +297,7 @@ class TrainingRun {
         ++skipped_steps_;
         ++run_skipped_steps_;
         report_->line("epoch " + std::to_string(epoch_ + 1) + " step " + std::to_string(step_in_epoch_ + 1) +
-                      ": loss " + util::short_number(s.loss) + " against a running mean of " +
+                      ": loss " + util::short_number(s.judged_loss) + " against a running mean of " +
                       util::short_number(guard_.mean()) +
                       ": step skipped, batch-norm statistics restored (train.skip_spikes " +
                       util::short_number(config_.train.skip_spikes) + ")" +

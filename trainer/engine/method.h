@@ -80,6 +80,10 @@ struct TrainContext {
 struct LossOutput {
   torch::Tensor loss;
   std::vector<std::pair<std::string, torch::Tensor>> parts;
+  /// Names of parts the spike guard leaves out of the loss it judges: terms whose weight the
+  /// method raises between steps (the fairness multipliers' dual step), whose growth is the
+  /// schedule working, not divergence. A non-finite loss is judged whatever its parts.
+  std::vector<std::string> unjudged;
 };
 
 class Method {

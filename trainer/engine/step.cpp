@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -107,7 +108,12 @@ StepOutcome train_step(const StepEnv& env, const Phase& phase, const torch::Tens
   }
   out.loss = out.batch_stats[0].item<double>() / static_cast<double>(env.global_batch);
   out.stop_requested = out.batch_stats[-1].item<double>() > 0.0;
-  out.skipped = guard.skip(out.loss);
+  out.judged_loss = out.loss;
+  for (size_t i = 0; i < lo.parts.size(); ++i)
+    if (std::find(lo.unjudged.begin(), lo.unjudged.end(), lo.parts[i].first) != lo.unjudged.end())
+      out.judged_loss -= out.batch_stats[static_cast<int64_t>(i) + 2].item<double>() / static_cast<double>(env.global_batch);
+  if (!std::isfinite(out.loss)) out.judged_loss = out.loss;
+  out.skipped = guard.skip(out.judged_loss);
   if (guard.diverged() || (!guard.enabled() && !std::isfinite(out.loss)))
     throw Diverged("training diverged: loss is " + util::short_number(out.loss) + " at epoch " +
                              std::to_string(ctx.epoch + 1) + " step " + std::to_string(step_in_epoch + 1) +

@@ -37,6 +37,7 @@ struct StepEnv {
 /// What one step produced.
 struct StepOutcome {
   double loss = 0.0;      ///< mean loss of the global batch
+  double judged_loss = 0.0;  ///< what the spike guard judged: `loss` less the method's unjudged parts
   bool skipped = false;   ///< skipped by the spike guard: no update, running statistics restored
   bool stop_requested = false;  ///< some process got SIGINT/SIGTERM before this step: stop after it
   /// CPU float64, summed over the processes: [loss * B, correct predictions, part_1 * B, ...,

@@ -225,6 +225,7 @@ LossOutput ReductionMethod::loss(TrainContext& ctx, const torch::Tensor& x, cons
     const auto penalty = fairness_->penalty(per_sample, group_of_class_.index_select(0, y));
     out.loss = per_sample.mean() + penalty;
     out.parts = {{"ce", ce.mean().detach()}, {"kd", (w * kd.mean()).detach()}, {"fairness", penalty.detach()}};
+    out.unjudged = {"fairness"};  // its multipliers grow by design (dual ascent)
   }
   add_penalty(ctx, out);
   return out;
