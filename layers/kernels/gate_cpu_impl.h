@@ -270,21 +270,23 @@ inline __attribute__((always_inline)) void backward_rows(int64_t p, int64_t stri
   for (; i + W <= p; i += W) {
     if constexpr (PIXEL) vload(mv, m + i);
     const auto kept = mv > one * T(0.5);
-    V gmv = zero;
+    // Over the R rows: g*relu(x), g, g*x, g*x^2. q is linear in its coefficients, so the
+    // mask gradient g*(relu(x) - q(x)) of the R rows follows from these four sums.
+    V sr = zero, s0 = zero, s1 = zero, s2 = zero;
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       V xv, gv;
       vload(xv, x + r * stride + i);
       vload(gv, g + r * stride + i);
-      const V pos = xv > zero ? one : zero;
-      const V qv = a + xv * (b + d * xv);
-      vstore(dx + r * stride + i, gv * (kept ? pos : b + two_d * xv));
-      gmv += gv * (xv * pos - qv);
-      const V gq = kept ? zero : gv;
-      v0 += gq;
-      v1 += gq * xv;
-      v2 += gq * xv * xv;
+      const auto pos = xv > zero;
+      vstore(dx + r * stride + i, gv * (kept ? (pos ? one : zero) : b + two_d * xv));
+      sr += gv * (pos ? xv : zero);
+      s0 += gv;
+      const V gx = gv * xv;
+      s1 += gx;
+      s2 += gx * xv;
     }
+    const V gmv = sr - (a * s0 + b * s1 + d * s2);
     if constexpr (PIXEL) {
       V acc;
       vload(acc, gm + i);
@@ -292,6 +294,9 @@ inline __attribute__((always_inline)) void backward_rows(int64_t p, int64_t stri
     } else {
       vm += gmv;
     }
+    v0 += kept ? zero : s0;
+    v1 += kept ? zero : s1;
+    v2 += kept ? zero : s2;
   }
   T sm = 0, s0 = 0, s1 = 0, s2 = 0;
   for (; i < p; ++i) {
