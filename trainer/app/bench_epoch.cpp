@@ -54,8 +54,11 @@ int run_epoch_bench(const EpochBenchOptions& o, std::ostream& out) {
   base.data.path = o.data_path;
   base.train.device = o.device;
   base.train.threads = o.threads;
-  // One epoch is enough: every run stops after `steps` steps of its first epoch.
+  // One epoch is enough: every run stops after `steps` steps of its first epoch. With a whole
+  // epoch (--steps 0) the baseline trains exactly one epoch, and the reduction runs (a search
+  // epoch, then a finetune epoch) stop after as many steps: the first epoch of each, not two.
   base.train.epochs = 2;
+  int64_t steps = o.steps;
   base.search.search_epochs = 1;
   base.train.checkpoint_interval_s = 0;
   base.train.log_every = 0;
@@ -67,12 +70,15 @@ int run_epoch_bench(const EpochBenchOptions& o, std::ostream& out) {
     // Each run in the default layout, then (--channels-last) in channels_last memory.
     auto both = [&](const std::string& what, engine::Config c, const std::string& folder) {
       c.train.channels_last = false;
-      runs.push_back(timed_run(what, c, dir / folder, o.steps));
+      runs.push_back(timed_run(what, c, dir / folder, steps));
       if (!o.channels_last) return;
       c.train.channels_last = true;
-      runs.push_back(timed_run(what + ", cl", c, dir / (folder + "-cl"), o.steps));
+      runs.push_back(timed_run(what + ", cl", c, dir / (folder + "-cl"), steps));
     };
-    both("baseline", base, "baseline");
+    engine::Config baseline = base;
+    if (steps == 0) baseline.train.epochs = 1;
+    both("baseline", baseline, "baseline");
+    if (steps == 0) steps = runs[0].steps;
     // Its last.pt (all ReLUs, a few steps in) is the teacher of the reduction runs.
     engine::Config red = base;
     red.search.teacher = (dir / "baseline" / "checkpoints" / "last.pt").string();
