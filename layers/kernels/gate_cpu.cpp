@@ -15,6 +15,7 @@ namespace {
 #define AUTOREP_GATE_ISA generic
 #define AUTOREP_GATE_VEC_BYTES 16
 #include "layers/kernels/gate_cpu_impl.h"
+#include "layers/kernels/gate_cpu_softplus_impl.h"
 #undef AUTOREP_GATE_VEC_BYTES
 #undef AUTOREP_GATE_ISA
 
@@ -28,6 +29,7 @@ namespace {
 #define AUTOREP_GATE_ISA avx2
 #define AUTOREP_GATE_VEC_BYTES 32
 #include "layers/kernels/gate_cpu_impl.h"
+#include "layers/kernels/gate_cpu_softplus_impl.h"
 #undef AUTOREP_GATE_VEC_BYTES
 #undef AUTOREP_GATE_ISA
 #pragma GCC pop_options
@@ -37,6 +39,7 @@ namespace {
 #define AUTOREP_GATE_ISA avx512
 #define AUTOREP_GATE_VEC_BYTES 64
 #include "layers/kernels/gate_cpu_impl.h"
+#include "layers/kernels/gate_cpu_softplus_impl.h"
 #undef AUTOREP_GATE_VEC_BYTES
 #undef AUTOREP_GATE_ISA
 #pragma GCC pop_options
@@ -120,6 +123,13 @@ void gate_backward_cpu(const GateProblem& pr, const double* x, const double* g, 
                        const double* c0, const double* c1, const double* c2, double* dx,
                        double* g_mask, double* dc, GateLayout layout) {
   AUTOREP_GATE_CALL(backward_d, pr, x, g, mask, c0, c1, c2, dx, g_mask, dc, layout);
+}
+
+void gate_straight_through_cpu(const float* aux, float* g_mask, int64_t n) {
+  AUTOREP_GATE_CALL(straight_through_f, aux, g_mask, n);
+}
+void gate_straight_through_cpu(const double* aux, double* g_mask, int64_t n) {
+  AUTOREP_GATE_CALL(straight_through_d, aux, g_mask, n);
 }
 
 }  // namespace autorep::layers::kernels

@@ -35,8 +35,6 @@ inline __attribute__((always_inline)) T hsum(const V& v) {
   return s;
 }
 
-// Linear (N×F) inputs: features per task, accumulated in stack arrays.
-constexpr int64_t kFeatureBlock = 256;
 
 // Work split of an N×C×P problem: batch blocks × channel chunks, about one task per thread.
 // Each task walks its rows in memory order (groups of kRowGroup samples, channels inner), so
@@ -173,51 +171,8 @@ void forward_conv(const GateProblem& pr, const T* x, const T* mask, const T* c0,
   }
 }
 
-// N×F: the feature axis is the contiguous one, so per-feature coefficients, mask and sums are
-// arrays along the inner loop (elementwise, no cross-lane reduction).
-template <typename T>
-void forward_linear(const GateProblem& pr, const T* x, const T* mask, const T* c0, const T* c1,
-                    const T* c2, T* y, double* moments) {
-  const int64_t F = pr.c, N = pr.n;
-  const int64_t blocks = (F + kFeatureBlock - 1) / kFeatureBlock;
-  const bool layer = pr.mask_numel == 1 && F > 1;
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    T a[kFeatureBlock], b[kFeatureBlock], d[kFeatureBlock], m[kFeatureBlock];
-    double s[kFeatureBlock], s2[kFeatureBlock];
-    for (int64_t blk = begin; blk < end; ++blk) {
-      const int64_t f0 = blk * kFeatureBlock, nf = std::min(kFeatureBlock, F - f0);
-      for (int64_t j = 0; j < nf; ++j) {
-        const Poly<T> q = poly_of(pr, c0, c1, c2, f0 + j);
-        a[j] = q.a, b[j] = q.b, d[j] = q.d;
-        m[j] = layer ? mask[0] : mask[f0 + j];
-        s[j] = 0, s2[j] = 0;
-      }
-      for (int64_t n = 0; n < N; ++n) {
-        const T* __restrict__ xr = x + n * F + f0;
-        T* __restrict__ yr = y + n * F + f0;
-        for (int64_t j = 0; j < nf; ++j) {
-          const T xv = xr[j];
-          const T r = xv > T(0) ? xv : T(0);
-          yr[j] = m[j] > T(0.5) ? r : a[j] + xv * (b[j] + d[j] * xv);
-        }
-        if (moments) {
-          for (int64_t j = 0; j < nf; ++j) {
-            s[j] += xr[j];
-            s2[j] += double(xr[j]) * xr[j];
-          }
-        }
-      }
-      if (moments) {
-        for (int64_t j = 0; j < nf; ++j) {
-          moments[f0 + j] = s[j];
-          moments[F + f0 + j] = s2[j];
-        }
-      }
-    }
-  });
-}
-
 #include "layers/kernels/gate_cpu_rows_impl.h"
+#include "layers/kernels/gate_cpu_linear_impl.h"
 
 template <typename T>
 void forward_impl(const GateProblem& pr, const T* x, const T* mask, const T* c0, const T* c1,
@@ -226,7 +181,10 @@ void forward_impl(const GateProblem& pr, const T* x, const T* mask, const T* c0,
     for (int64_t i = 0; moments && i < 2 * pr.c; ++i) moments[i] = 0;
     return;
   }
-  if (pr.p == 1) return forward_linear(pr, x, mask, c0, c1, c2, y, moments);
+  if (pr.p == 1) {
+    if (moments) return forward_linear<T, true>(pr, x, mask, c0, c1, c2, y, moments);
+    return forward_linear<T, false>(pr, x, mask, c0, c1, c2, y, moments);
+  }
   const bool pixel = pr.mask_numel == pr.c * pr.p;
   if (layout == GateLayout::channels_last) {
     if (pixel && moments) return forward_cl<T, true, true>(pr, x, mask, c0, c1, c2, y, moments);
@@ -392,56 +350,6 @@ void backward_conv(const GateProblem& pr, const T* x, const T* g, const T* mask,
     layer_gm += s.gm;
   }
   if (!PIXEL && pr.mask_numel == 1) g_mask[0] = static_cast<T>(layer_gm);
-}
-
-template <typename T>
-void backward_linear(const GateProblem& pr, const T* x, const T* g, const T* mask, const T* c0,
-                     const T* c1, const T* c2, T* dx, T* g_mask, T* dc) {
-  const int64_t F = pr.c, N = pr.n;
-  const int64_t blocks = (F + kFeatureBlock - 1) / kFeatureBlock;
-  const bool layer = pr.mask_numel == 1 && F > 1;
-  std::vector<T> gm_feature(layer ? F : 0);
-  T* gm_out = layer ? gm_feature.data() : g_mask;
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    T a[kFeatureBlock], b[kFeatureBlock], d[kFeatureBlock], m[kFeatureBlock];
-    T sm[kFeatureBlock], s0[kFeatureBlock], s1[kFeatureBlock], s2[kFeatureBlock];
-    for (int64_t blk = begin; blk < end; ++blk) {
-      const int64_t f0 = blk * kFeatureBlock, nf = std::min(kFeatureBlock, F - f0);
-      for (int64_t j = 0; j < nf; ++j) {
-        const Poly<T> q = poly_of(pr, c0, c1, c2, f0 + j);
-        a[j] = q.a, b[j] = q.b, d[j] = q.d;
-        m[j] = layer ? mask[0] : mask[f0 + j];
-        sm[j] = s0[j] = s1[j] = s2[j] = T(0);
-      }
-      for (int64_t n = 0; n < N; ++n) {
-        const T* __restrict__ xr = x + n * F + f0;
-        const T* __restrict__ gr = g + n * F + f0;
-        T* __restrict__ dxr = dx + n * F + f0;
-        for (int64_t j = 0; j < nf; ++j) {
-          const T xv = xr[j], gv = gr[j];
-          const T pos = xv > T(0) ? T(1) : T(0);
-          const T qv = a[j] + xv * (b[j] + d[j] * xv);
-          dxr[j] = gv * (m[j] > T(0.5) ? pos : b[j] + T(2) * d[j] * xv);
-          sm[j] += gv * (xv * pos - qv);
-          const T gq = m[j] > T(0.5) ? T(0) : gv;
-          s0[j] += gq;
-          s1[j] += gq * xv;
-          s2[j] += gq * xv * xv;
-        }
-      }
-      for (int64_t j = 0; j < nf; ++j) {
-        gm_out[f0 + j] = sm[j];
-        dc[f0 + j] = s0[j];
-        dc[F + f0 + j] = static_cast<T>(pr.s1) * s1[j];
-        dc[2 * F + f0 + j] = pr.degree >= 2 ? static_cast<T>(pr.s2) * s2[j] : T(0);
-      }
-    }
-  });
-  if (layer) {
-    double s = 0;
-    for (int64_t f = 0; f < F; ++f) s += gm_feature[f];
-    g_mask[0] = static_cast<T>(s);
-  }
 }
 
 template <typename T>

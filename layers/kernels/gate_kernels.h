@@ -59,6 +59,12 @@ void gate_backward_cpu(const GateProblem& pr, const double* x, const double* g, 
                        const double* c0, const double* c1, const double* c2, double* dx,
                        double* g_mask, double* dc, GateLayout layout = GateLayout::channels_first);
 
+/// The straight-through gradient of the mask's logits: g_mask[i] *= softplus(aux[i]) for the
+/// n elements (to about an ulp of the type; NaN stays NaN; 0 below aux = -87 for float, -708 for
+/// double, where exp(aux) leaves the normal range). Elementwise, so the same for any thread count.
+void gate_straight_through_cpu(const float* aux, float* g_mask, int64_t n);
+void gate_straight_through_cpu(const double* aux, double* g_mask, int64_t n);
+
 /// Instruction set the CPU kernels run with: "avx512", "avx2" (x86-64, GCC builds, chosen at
 /// run time from the CPU) or "generic".
 const char* gate_cpu_isa();

@@ -1,6 +1,7 @@
 #include "tests/torch_catch.h"
 
 #include <cmath>
+#include <limits>
 #include <sstream>
 
 #include "layers/curvature.h"
@@ -171,6 +172,48 @@ TEST_CASE("STE gradient of aux is softplus(aux) * sum_batch (relu(x) - p(x)) * d
   const auto pc = v(inc.c0) + s1 * v(inc.c1) * xc + s2 * v(inc.c2) * xc * xc;
   const auto expected_c = torch::softplus(inc.aux.detach()) * ((torch::relu(xc) - pc) * inc.g).sum({0, 2, 3});
   CHECK(torch::allclose(rc.daux, expected_c, 1e-10, 1e-12));
+}
+
+TEST_CASE("the CPU straight-through factor is softplus(aux) to about an ulp, NaN and infinities included",
+          "[gate][ste]") {
+  // Long enough for the parallel split and a vector tail; values from deep underflow of exp to
+  // where softplus(a) = a.
+  const int64_t n = 100003;
+  const auto base = torch::linspace(-750, 750, n, torch::kDouble);
+  for_each_cpu_path([&](const char* isa, int t) {
+    for (auto dtype : {torch::kFloat, torch::kDouble}) {
+      CAPTURE(isa, t, dtype);
+      auto aux = base.to(dtype);
+      aux[0] = 0.0;
+      aux[1] = -1e-30;
+      aux[2] = 1e-30;
+      aux[3] = std::numeric_limits<double>::quiet_NaN();
+      aux[4] = std::numeric_limits<double>::infinity();
+      aux[5] = -std::numeric_limits<double>::infinity();
+      auto gm = torch::full({n}, 3.0, torch::TensorOptions().dtype(dtype));
+      AT_DISPATCH_FLOATING_TYPES(dtype, "test", [&] {
+        kernels::gate_straight_through_cpu(aux.data_ptr<scalar_t>(), gm.data_ptr<scalar_t>(), n);
+      });
+      const double ulp = dtype == torch::kFloat ? 6e-8 : 1.2e-16;
+      const auto a = aux.to(torch::kDouble);
+      const auto got = gm.to(torch::kDouble);
+      CHECK(std::isnan(got[3].item<double>()));
+      CHECK(got[4].item<double>() == std::numeric_limits<double>::infinity());
+      CHECK(got[5].item<double>() == 0.0);
+      int bad = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        if (i >= 3 && i <= 5) continue;
+        const long double v = a[i].item<double>();
+        const long double want = 3 * ((v > 0 ? v : 0) + std::log1p(std::exp(-std::fabs(v))));
+        const long double err = std::fabs(got[i].item<double>() - want);
+        // A few ulp of the value; below a = -87 (float) or -708 (double), where exp(a) leaves the
+        // type's normal range, the factor is 0.
+        const long double tiny = 3 * (dtype == torch::kFloat ? std::exp(-87.0L) : std::exp(-708.0L));
+        if (err > 4 * ulp * want && err > tiny) ++bad;
+      }
+      CHECK(bad == 0);
+    }
+  });
 }
 
 TEST_CASE("composite and fused gates agree with central differences away from the kink", "[gate][gradcheck]") {
