@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 
 packages=(
   build-essential cmake ccache
+  ninja-build             # the build tool (a fresh build folder uses it; Make works too)
   libtorch-dev            # LibTorch 1.13 (CPU)
   nlohmann-json3-dev      # JSON configs and exports
   catch2                  # tests (v2 API)
@@ -47,6 +48,10 @@ case "${1:-}" in
   "") ;;
   *) echo "usage: scripts/setup.sh [--no-build | --target TARGET]" >&2; exit 2 ;;
 esac
-cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
+# A new build folder uses Ninja (it keeps both cores busy across the libraries); an existing
+# one keeps the generator it was made with.
+generator=()
+[ -f build/CMakeCache.txt ] || ! command -v ninja >/dev/null 2>&1 || generator=(-G Ninja)
+cmake -S . -B build "${generator[@]}" -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j"$(nproc)" "${target[@]}"
 echo "setup: built ${2:-every target} in build/"

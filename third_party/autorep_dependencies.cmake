@@ -112,6 +112,9 @@ function(autorep_library name)
     target_link_libraries(${name} PUBLIC OpenMP::OpenMP_CXX)
   endif()
   target_compile_options(${name} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Wno-unused-parameter>)
+  if(AUTOREP_UNITY_BUILD)
+    set_target_properties(${name} PROPERTIES UNITY_BUILD ON UNITY_BUILD_BATCH_SIZE 0)
+  endif()
   # Every source includes LibTorch: the first library compiles <torch/torch.h> once as a
   # precompiled header and every later one reuses it (they share flags and definitions).
   get_property(_pch_owner GLOBAL PROPERTY AUTOREP_PCH_OWNER)

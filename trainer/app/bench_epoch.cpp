@@ -88,6 +88,10 @@ int run_epoch_bench(const EpochBenchOptions& o, std::ostream& out) {
     both("search (autorep)", red, "autorep");
     red.method = "uniform";
     both("finetune (uniform)", red, "uniform");
+    // The baseline once more, last (A-B-A): the ratios divide by the mean of the two baseline
+    // timings, so a machine that speeds up or slows down over the minutes of the bench moves
+    // numerator and denominator alike.
+    both("baseline, again", baseline, "baseline-again");
   } catch (...) {
     std::error_code ec;
     fs::remove_all(dir, ec);
@@ -101,23 +105,29 @@ int run_epoch_bench(const EpochBenchOptions& o, std::ostream& out) {
       << o.input[2] << "), batch " << base.data.batch_size << ", " << o.device << ", "
       << torch::get_num_threads() << " threads, teacher " << o.teacher_dtype << ", budget " << o.budget << "; "
       << (o.steps > 0 ? "the first " + std::to_string(o.steps) + " steps" : std::string("a whole epoch"))
-      << " of each run through the training loop (data loading included; setup, evaluation and checkpoints not)\n";
+      << " of each run through the training loop (data loading included; setup, evaluation and checkpoints not);"
+         " the baseline before and after the others, the ratios against the mean of the two\n";
   out << std::fixed;
   for (const auto& r : runs) {
     out << "  " << std::left << std::setw(20) << r.what << std::right << std::setprecision(1) << std::setw(9)
         << r.ms_per_step << " ms/step over " << r.steps << " steps\n";
   }
-  // runs: baseline, search, finetune, or with --channels-last each followed by its cl run.
+  // runs: baseline, search, finetune, baseline again; with --channels-last each followed by its
+  // cl run. A baseline is the mean of its two timings.
   const size_t k = o.channels_last ? 2 : 1;
-  out << std::setprecision(3) << "search_epoch_over_baseline=" << runs[k].ms_per_step / runs[0].ms_per_step << "\n"
-      << "finetune_epoch_over_baseline=" << runs[2 * k].ms_per_step / runs[0].ms_per_step << "\n";
+  const auto baseline_ms = [&](size_t cl) { return 0.5 * (runs[cl].ms_per_step + runs[3 * k + cl].ms_per_step); };
+  out << std::setprecision(3) << "baseline drift (again / first)=" << runs[3 * k].ms_per_step / runs[0].ms_per_step
+      << "\n"
+      << "search_epoch_over_baseline=" << runs[k].ms_per_step / baseline_ms(0) << "\n"
+      << "finetune_epoch_over_baseline=" << runs[2 * k].ms_per_step / baseline_ms(0) << "\n";
   if (o.channels_last) {
-    const char* names[] = {"baseline", "search", "finetune"};
-    for (size_t i = 0; i < 3; ++i)
-      out << names[i] << "_channels_last_over_default=" << runs[2 * i + 1].ms_per_step / runs[2 * i].ms_per_step
-          << "\n";
-    out << "channels_last: search_epoch_over_baseline=" << runs[3].ms_per_step / runs[1].ms_per_step
-        << " finetune_epoch_over_baseline=" << runs[5].ms_per_step / runs[1].ms_per_step << "\n";
+    out << "baseline_channels_last_over_default=" << baseline_ms(1) / baseline_ms(0) << "\n";
+    const char* names[] = {"search", "finetune"};
+    for (size_t i = 1; i < 3; ++i)
+      out << names[i - 1] << "_channels_last_over_default="
+          << runs[2 * i + 1].ms_per_step / runs[2 * i].ms_per_step << "\n";
+    out << "channels_last: search_epoch_over_baseline=" << runs[3].ms_per_step / baseline_ms(1)
+        << " finetune_epoch_over_baseline=" << runs[5].ms_per_step / baseline_ms(1) << "\n";
   }
   return 0;
 }

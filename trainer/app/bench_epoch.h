@@ -24,13 +24,16 @@ struct EpochBenchOptions {
   bool channels_last = false;
 };
 
-/// Three short runs with the default config (batch 128, the model's defaults) in a temporary
-/// folder: `baseline` (the teacher of the next two), `autorep` in its search phase and `uniform`
-/// in its finetune phase, each stopped after `steps` steps. Setup, calibration, evaluation and
-/// checkpoints are not timed: only the steps (batch assembly, the step, progress), as
-/// RunResult::step_seconds. Ends with `search_epoch_over_baseline=<ratio>` and
-/// `finetune_epoch_over_baseline=<ratio>`; with `channels_last` also each run's
-/// `<run>_channels_last_over_default=<ratio>` and the two ratios of the channels_last runs.
+/// Four short runs with the default config (batch 128, the model's defaults) in a temporary
+/// folder: `baseline` (the teacher of the next two), `autorep` in its search phase, `uniform`
+/// in its finetune phase and `baseline` again, each stopped after `steps` steps. Setup,
+/// calibration, evaluation and checkpoints are not timed: only the steps (batch assembly, the
+/// step, progress), as RunResult::step_seconds. The ratios divide by the mean of the two
+/// baseline timings (A-B-A, so drift of the machine cancels to first order); the line
+/// `baseline drift (again / first)=<ratio>` shows how much it moved. Ends with
+/// `search_epoch_over_baseline=<ratio>` and `finetune_epoch_over_baseline=<ratio>`; with
+/// `channels_last` also `<run>_channels_last_over_default=<ratio>` for baseline, search and
+/// finetune and the two ratios of the channels_last runs.
 int run_epoch_bench(const EpochBenchOptions& options, std::ostream& out);
 
 }  // namespace autorep::trainer::app
