@@ -69,6 +69,23 @@ inline Poly<T> poly_of(const GateProblem& pr, const T* c0, const T* c1, const T*
   return {c0[c], static_cast<T>(pr.s1) * c1[c], pr.degree >= 2 ? static_cast<T>(pr.s2) * c2[c] : T(0)};
 }
 
+// One vector of one row in the backward: writes dx = g * (kept ? [x>0] : b + 2d*x) and adds
+// g*relu(x), g, g*x, g*x^2 to the four running sums (shared by the NCHW and N×F kernels).
+template <typename V, typename M, typename T>
+inline __attribute__((always_inline)) void backward_vector(const V& xv, const V& gv, const M& kept, const V& b,
+                                                           const V& two_d, T* __restrict__ dx, V& sr, V& s0,
+                                                           V& s1, V& s2) {
+  const V zero = {};
+  const V one = zero + T(1);
+  const auto pos = xv > zero;
+  vstore(dx, gv * (kept ? (pos ? one : zero) : b + two_d * xv));
+  sr += gv * (pos ? xv : zero);
+  s0 += gv;
+  const V gx = gv * xv;
+  s1 += gx;
+  s2 += gx * xv;
+}
+
 // ---- forward ----------------------------------------------------------------------------
 
 // R rows of one channel (samples n..n+R-1, `stride` elements apart), walked together: each
@@ -236,13 +253,7 @@ inline __attribute__((always_inline)) void backward_rows(int64_t p, int64_t stri
       V xv, gv;
       vload(xv, x + r * stride + i);
       vload(gv, g + r * stride + i);
-      const auto pos = xv > zero;
-      vstore(dx + r * stride + i, gv * (kept ? (pos ? one : zero) : b + two_d * xv));
-      sr += gv * (pos ? xv : zero);
-      s0 += gv;
-      const V gx = gv * xv;
-      s1 += gx;
-      s2 += gx * xv;
+      backward_vector(xv, gv, kept, b, two_d, dx + r * stride + i, sr, s0, s1, s2);
     }
     const V gmv = sr - (a * s0 + b * s1 + d * s2);
     if constexpr (PIXEL) {

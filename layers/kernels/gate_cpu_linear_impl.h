@@ -144,7 +144,7 @@ inline __attribute__((always_inline)) void backward_linear_rows(
   using V = typename VecOf<T>::type;
   constexpr int64_t W = sizeof(V) / sizeof(T);
   const V zero = {};
-  const V one = zero + T(1), half = zero + T(0.5);
+  const V half = zero + T(0.5);
   int64_t j = 0;
   for (; j + W <= nf; j += W) {
     V mv, bv, dv;
@@ -157,13 +157,7 @@ inline __attribute__((always_inline)) void backward_linear_rows(
       V xv, gv;
       vload(xv, x + r * F + j);
       vload(gv, g + r * F + j);
-      const auto pos = xv > zero;
-      vstore(dx + r * F + j, gv * (kept ? (pos ? one : zero) : bv + two_d * xv));
-      vr += gv * (pos ? xv : zero);
-      v0 += gv;
-      const V gx = gv * xv;
-      v1 += gx;
-      v2 += gx * xv;
+      backward_vector(xv, gv, kept, bv, two_d, dx + r * F + j, vr, v0, v1, v2);
     }
     V t;
     vload(t, sr + j), vstore(sr + j, t + vr);
