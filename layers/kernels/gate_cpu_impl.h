@@ -35,7 +35,6 @@ inline __attribute__((always_inline)) T hsum(const V& v) {
   return s;
 }
 
-
 // Work split of an N×C×P problem: batch blocks × channel chunks, about one task per thread.
 // Each task walks its rows in memory order (groups of kRowGroup samples, channels inner), so
 // every thread streams through contiguous memory; sums are kept per batch block and reduced in

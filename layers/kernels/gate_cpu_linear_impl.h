@@ -1,6 +1,6 @@
 // The CPU gate kernels for N×F inputs ([n, f] memory), part of gate_cpu_impl.h: included by it
-// inside each ISA's namespace, after the channels_last kernels (whose tables and row chunk it
-// shares). Not a public header; no include guard on purpose.
+// inside each ISA's namespace, after the channels_last kernels (whose tables, forward row loop
+// and row chunk it shares). Not a public header; no include guard on purpose.
 
 // ---- N×F ([n, f]) -------------------------------------------------------------------------
 
@@ -15,78 +15,13 @@
 constexpr int kLinearRows = 4;
 constexpr int kBackwardRows = 8;
 
-// A T buffer of n elements starting on a 64-byte boundary (whole-vector loads of the tables and
-// sums never straddle two cache lines).
-template <typename T>
-struct Aligned {
-  explicit Aligned(int64_t n) : buf(n + 64 / sizeof(T)) {
-    const auto addr = reinterpret_cast<uintptr_t>(buf.data());
-    ptr = buf.data() + ((64 - addr % 64) % 64) / sizeof(T);
-  }
-  std::vector<T> buf;
-  T* ptr;
-};
-
-// q's coefficients and the mask per feature: a, b, d, m, each F long, 64-byte aligned.
-template <typename T>
-Aligned<T> linear_tables(const GateProblem& pr, const T* mask, const T* c0, const T* c1, const T* c2) {
-  const int64_t F = pr.c;
-  Aligned<T> t(4 * F);
-  for (int64_t f = 0; f < F; ++f) {
-    const Poly<T> q = poly_of(pr, c0, c1, c2, f);
-    t.ptr[f] = q.a, t.ptr[F + f] = q.b, t.ptr[2 * F + f] = q.d;
-    t.ptr[3 * F + f] = pr.mask_numel == 1 ? mask[0] : mask[f];
-  }
-  return t;
-}
-
-template <typename T, bool MOMENTS, int R>
-inline __attribute__((always_inline)) void forward_linear_rows(
-    int64_t F, const T* __restrict__ x, const T* __restrict__ tab, T* __restrict__ y, T* __restrict__ s,
-    T* __restrict__ s2) {
-  using V = typename VecOf<T>::type;
-  constexpr int64_t W = sizeof(V) / sizeof(T);
-  const T *a = tab, *b = tab + F, *d = tab + 2 * F, *m = tab + 3 * F;
-  const V zero = {};
-  const V half = zero + T(0.5);
-  int64_t j = 0;
-  for (; j + W <= F; j += W) {
-    V mv, av, bv, dv;
-    vload(mv, m + j), vload(av, a + j), vload(bv, b + j), vload(dv, d + j);
-    const auto kept = mv > half;
-    V vs = zero, vq = zero;
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-      V xv;
-      vload(xv, x + r * F + j);
-      const V rl = xv > zero ? xv : zero;
-      vstore(y + r * F + j, kept ? rl : av + xv * (bv + dv * xv));
-      if constexpr (MOMENTS) {
-        vs += xv;
-        vq += xv * xv;
-      }
-    }
-    if constexpr (MOMENTS) {
-      V sv, sq;
-      vload(sv, s + j), vload(sq, s2 + j);
-      vstore(s + j, sv + vs), vstore(s2 + j, sq + vq);
-    }
-  }
-  for (; j < F; ++j) {
-    for (int r = 0; r < R; ++r) {
-      const T xv = x[r * F + j];
-      y[r * F + j] = m[j] > T(0.5) ? (xv > T(0) ? xv : T(0)) : a[j] + xv * (b[j] + d[j] * xv);
-      if constexpr (MOMENTS) s[j] += xv, s2[j] += xv * xv;
-    }
-  }
-}
-
 template <typename T, bool MOMENTS>
 void forward_linear(const GateProblem& pr, const T* x, const T* mask, const T* c0, const T* c1,
                     const T* c2, T* y, double* moments) {
   const int64_t F = pr.c, N = pr.n;
   const int64_t B = std::clamp<int64_t>(at::get_num_threads(), 1, N);
-  const Aligned<T> tab = linear_tables(pr, mask, c0, c1, c2);
+  const RowTables<T> tab = row_tables(pr, mask, c0, c1, c2, /*pixel=*/false);
+  const T *a = tab.a.ptr, *b = tab.b.ptr, *d = tab.d.ptr, *m = tab.m.ptr;
   std::vector<double> part(MOMENTS ? 2 * B * F : 0, 0.0);
   at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
     Aligned<T> sums(MOMENTS ? 2 * F : 0);
@@ -99,9 +34,9 @@ void forward_linear(const GateProblem& pr, const T* x, const T* mask, const T* c
         const int64_t chunk_end = std::min(n1, n + kRowChunk);
         if (MOMENTS) std::fill(s, s + 2 * F, T(0));
         for (; n + kLinearRows <= chunk_end; n += kLinearRows) {
-          forward_linear_rows<T, MOMENTS, kLinearRows>(F, x + n * F, tab.ptr, y + n * F, s, s2);
+          forward_row<T, MOMENTS, kLinearRows>(F, F, x + n * F, m, a, b, d, y + n * F, s, s2);
         }
-        for (; n < chunk_end; ++n) forward_linear_rows<T, MOMENTS, 1>(F, x + n * F, tab.ptr, y + n * F, s, s2);
+        for (; n < chunk_end; ++n) forward_row<T, MOMENTS, 1>(F, F, x + n * F, m, a, b, d, y + n * F, s, s2);
         for (int64_t j = 0; MOMENTS && j < 2 * F; ++j) ds[j] += s[j];
       }
     }
@@ -113,7 +48,6 @@ void forward_linear(const GateProblem& pr, const T* x, const T* mask, const T* c
     moments[F + f] = s2;
   }
 }
-
 
 constexpr int64_t kMaxFeatureBlock = 2048;
 
@@ -184,7 +118,7 @@ void backward_linear(const GateProblem& pr, const T* x, const T* g, const T* mas
   const int64_t F = pr.c, N = pr.n;
   const FeatureBlocks fb = feature_blocks(F);
   const bool layer = pr.mask_numel == 1 && F > 1;
-  const Aligned<T> tab = linear_tables(pr, mask, c0, c1, c2);
+  const RowTables<T> tab = row_tables(pr, mask, c0, c1, c2, /*pixel=*/false);
   std::vector<double> gm_feature(layer ? F : 0);
   at::parallel_for(0, fb.count, 1, [&](int64_t begin, int64_t end) {
     Aligned<T> sums(4 * fb.width);
@@ -193,7 +127,7 @@ void backward_linear(const GateProblem& pr, const T* x, const T* g, const T* mas
     double *dgm = dsums.data(), *d0 = dgm + fb.width, *d1 = d0 + fb.width, *d2 = d1 + fb.width;
     for (int64_t blk = begin; blk < end; ++blk) {
       const int64_t f0 = blk * fb.width, nf = std::min(fb.width, F - f0);
-      const T *a = tab.ptr + f0, *b = tab.ptr + F + f0, *d = tab.ptr + 2 * F + f0, *m = tab.ptr + 3 * F + f0;
+      const T *a = tab.a.ptr + f0, *b = tab.b.ptr + f0, *d = tab.d.ptr + f0, *m = tab.m.ptr + f0;
       for (double* arr : {dgm, d0, d1, d2}) std::fill(arr, arr + nf, 0.0);
       for (int64_t n = 0; n < N;) {
         const int64_t chunk_end = std::min(N, n + kRowChunk);

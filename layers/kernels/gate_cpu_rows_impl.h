@@ -11,35 +11,50 @@
 // fixed order: deterministic for a given thread count, like the channels_first path.
 constexpr int64_t kRowChunk = 64;
 
+// A T buffer of n elements starting on a 64-byte boundary (whole-vector loads of the tables and
+// sums never straddle two cache lines).
+template <typename T>
+struct Aligned {
+  explicit Aligned(int64_t n) : buf(n + 64 / sizeof(T)) {
+    const auto addr = reinterpret_cast<uintptr_t>(buf.data());
+    ptr = buf.data() + ((64 - addr % 64) % 64) / sizeof(T);
+  }
+  std::vector<T> buf;
+  T* ptr;
+};
+
 // Per-channel q(x) coefficients and the channel (or layer) mask as arrays; for a pixel mask, the
-// mask transposed to [p, c] (small next to x: one sample's worth).
+// mask transposed to [p, c] (small next to x: one sample's worth). Shared with the N×F kernels
+// (channels = features).
 template <typename T>
 struct RowTables {
-  std::vector<T> a, b, d, m;
+  Aligned<T> a, b, d, m;
 };
 
 template <typename T>
 RowTables<T> row_tables(const GateProblem& pr, const T* mask, const T* c0, const T* c1, const T* c2,
                         bool pixel) {
   const int64_t C = pr.c, P = pr.p;
-  RowTables<T> t{std::vector<T>(C), std::vector<T>(C), std::vector<T>(C), std::vector<T>(pixel ? C * P : C)};
+  RowTables<T> t{Aligned<T>(C), Aligned<T>(C), Aligned<T>(C), Aligned<T>(pixel ? C * P : C)};
   for (int64_t c = 0; c < C; ++c) {
     const Poly<T> q = poly_of(pr, c0, c1, c2, c);
-    t.a[c] = q.a, t.b[c] = q.b, t.d[c] = q.d;
+    t.a.ptr[c] = q.a, t.b.ptr[c] = q.b, t.d.ptr[c] = q.d;
     if (pixel) {
-      for (int64_t i = 0; i < P; ++i) t.m[i * C + c] = mask[c * P + i];
+      for (int64_t i = 0; i < P; ++i) t.m.ptr[i * C + c] = mask[c * P + i];
     } else {
-      t.m[c] = pr.mask_numel == 1 ? mask[0] : mask[c];
+      t.m.ptr[c] = pr.mask_numel == 1 ? mask[0] : mask[c];
     }
   }
   return t;
 }
 
-// One row of C channels: y from x with per-channel tables a, b, d (q's coefficients) and m (the
-// row's mask), adding x and x^2 to the per-channel sums s, s2 when MOMENTS. Explicit vectors
-// (a select, no branch on the data) with a scalar tail.
-template <typename T, bool MOMENTS>
-inline __attribute__((always_inline)) void forward_row(int64_t C, const T* __restrict__ x,
+// R rows of C channels (`stride` elements apart): y from x with per-channel tables a, b, d (q's
+// coefficients) and m (the rows' mask), adding x and x^2 summed over the R rows to the
+// per-channel sums s, s2 when MOMENTS. The tables and sums are loaded once per group of rows. Explicit
+// vectors (a select, no branch on the data) with a scalar tail. R = 1 for channels_last rows
+// (each position has its own pixel-mask row); the N×F kernels walk several.
+template <typename T, bool MOMENTS, int R>
+inline __attribute__((always_inline)) void forward_row(int64_t C, int64_t stride, const T* __restrict__ x,
                                                        const T* __restrict__ m, const T* __restrict__ a,
                                                        const T* __restrict__ b, const T* __restrict__ d,
                                                        T* __restrict__ y, T* __restrict__ s,
@@ -50,23 +65,29 @@ inline __attribute__((always_inline)) void forward_row(int64_t C, const T* __res
   const V half = zero + T(0.5);
   int64_t j = 0;
   for (; j + W <= C; j += W) {
-    V xv, mv, av, bv, dv;
-    vload(xv, x + j), vload(mv, m + j), vload(av, a + j), vload(bv, b + j), vload(dv, d + j);
-    const V rl = xv > zero ? xv : zero;
-    vstore(y + j, mv > half ? rl : av + xv * (bv + dv * xv));
-    if constexpr (MOMENTS) {
-      V sv, sq;
-      vload(sv, s + j), vload(sq, s2 + j);
-      vstore(s + j, sv + xv), vstore(s2 + j, sq + xv * xv);
+    V mv, av, bv, dv;
+    vload(mv, m + j), vload(av, a + j), vload(bv, b + j), vload(dv, d + j);
+    const auto kept = mv > half;
+    V sv = zero, sq = zero;
+    if constexpr (MOMENTS) vload(sv, s + j), vload(sq, s2 + j);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      V xv;
+      vload(xv, x + r * stride + j);
+      const V rl = xv > zero ? xv : zero;
+      vstore(y + r * stride + j, kept ? rl : av + xv * (bv + dv * xv));
+      if constexpr (MOMENTS) {
+        sv += xv;
+        sq += xv * xv;
+      }
     }
+    if constexpr (MOMENTS) vstore(s + j, sv), vstore(s2 + j, sq);
   }
   for (; j < C; ++j) {
-    const T xv = x[j];
-    const T rl = xv > T(0) ? xv : T(0);
-    y[j] = m[j] > T(0.5) ? rl : a[j] + xv * (b[j] + d[j] * xv);
-    if constexpr (MOMENTS) {
-      s[j] += xv;
-      s2[j] += xv * xv;
+    for (int r = 0; r < R; ++r) {
+      const T xv = x[r * stride + j];
+      y[r * stride + j] = m[j] > T(0.5) ? (xv > T(0) ? xv : T(0)) : a[j] + xv * (b[j] + d[j] * xv);
+      if constexpr (MOMENTS) s[j] += xv, s2[j] += xv * xv;
     }
   }
 }
@@ -138,8 +159,8 @@ void forward_cl(const GateProblem& pr, const T* x, const T* mask, const T* c0, c
         T* __restrict__ s = MOMENTS ? chunk.data() : nullptr;
         T* __restrict__ s2 = MOMENTS ? chunk.data() + C : nullptr;
         for (; r < r_end; ++r) {
-          forward_row<T, MOMENTS>(C, x + r * C, tab.m.data() + (PIXEL ? pos * C : 0), tab.a.data(), tab.b.data(),
-                                  tab.d.data(), y + r * C, s, s2);
+          forward_row<T, MOMENTS, 1>(C, C, x + r * C, tab.m.ptr + (PIXEL ? pos * C : 0), tab.a.ptr, tab.b.ptr,
+                                     tab.d.ptr, y + r * C, s, s2);
           if (++pos == P) pos = 0;
         }
         for (int64_t j = 0; MOMENTS && j < 2 * C; ++j) sums[j] += chunk[j];
@@ -187,8 +208,8 @@ void backward_cl(const GateProblem& pr, const T* x, const T* g, const T* mask, c
         for (; r < r_end; ++r) {
           // A pixel mask's gradient goes to the block's [p, c] scratch, a channel mask's to sm.
           T* gm = PIXEL ? gm_block + pos * C : sm;
-          backward_row<T>(C, x + r * C, g + r * C, tab.m.data() + (PIXEL ? pos * C : 0), tab.a.data(), tab.b.data(),
-                          tab.d.data(), dx + r * C, gm, s0, s1, s2);
+          backward_row<T>(C, x + r * C, g + r * C, tab.m.ptr + (PIXEL ? pos * C : 0), tab.a.ptr, tab.b.ptr,
+                          tab.d.ptr, dx + r * C, gm, s0, s1, s2);
           if (++pos == P) pos = 0;
         }
         for (int64_t j = 0; j < 4 * C; ++j) sums[j] += chunk[j];
