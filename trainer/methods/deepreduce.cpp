@@ -290,7 +290,7 @@ class DeepReduceMethod : public ReductionMethod {
     if (!resuming && same_shape) init_from_teacher(*ctx.model, *teacher_);
     teacher_->to(ctx.device);
     teacher_->eval();
-    kd_teacher_ = kd_teacher(teacher_, config_.search.kd.teacher_dtype, ctx.device, config_.train.channels_last);
+    kd_teacher_ = kd_teacher(*teacher_, config_.search.kd.teacher_dtype, ctx.device, config_.train.channels_last);
     gates_ = layers::gates(*ctx.model);
     total_ = full_total_;
     budget_ = options_.fixed ? plan_.relus : config_.search.budget.resolve(full_total_);

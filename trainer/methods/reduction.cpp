@@ -10,7 +10,6 @@
 #include "layers/util/text.h"
 #include "search/snl.h"
 #include "trainer/engine/checkpoint.h"
-#include "trainer/engine/device.h"
 #include "trainer/engine/distributed.h"
 #include "trainer/models/registry.h"
 
@@ -86,25 +85,18 @@ void init_from_teacher(models::NetImpl& student, models::NetImpl& teacher) {
   }
 }
 
-models::Net kd_teacher(const models::Net& teacher, const std::string& dtype, const torch::Device& device,
-                       bool channels_last) {
-  if (dtype == "float32") {
-    engine::set_memory_format(*teacher, channels_last);
-    return teacher;
-  }
-  TORCH_CHECK(dtype == "bfloat16", "kd_teacher: unknown dtype ", dtype);
-  models::Net copy = models::build_model(teacher->spec(), layers::relu_factory());
-  init_from_teacher(*copy, *teacher);
-  copy->to(device, torch::kBFloat16);
-  engine::set_memory_format(*copy, channels_last);
-  copy->eval();
-  return copy;
+std::shared_ptr<const models::FoldedNet> kd_teacher(models::NetImpl& teacher, const std::string& dtype,
+                                                    const torch::Device& device, bool channels_last) {
+  TORCH_CHECK(dtype == "float32" || dtype == "bfloat16", "kd_teacher: unknown dtype ", dtype);
+  const auto type = dtype == "float32" ? torch::kFloat : torch::kBFloat16;
+  // On the CPU the teacher's forward runs in channels_last whatever the student's layout: its
+  // convolutions are faster there (resnet20, batch 128: 25 against 29 ms) and, with no backward,
+  // as exact as in NCHW.
+  return std::make_shared<const models::FoldedNet>(teacher, type, device, channels_last || device.is_cpu());
 }
 
-torch::Tensor teacher_logits(models::NetImpl& teacher, const torch::Tensor& x) {
-  torch::NoGradGuard no_grad;
-  const auto dtype = teacher.parameters().front().scalar_type();
-  return teacher.forward(x.to(dtype)).to(torch::kFloat);
+torch::Tensor teacher_logits(const models::FoldedNet& teacher, const torch::Tensor& x) {
+  return teacher.forward(x).to(torch::kFloat);
 }
 
 bool cpu_has_native_bf16() {
@@ -131,7 +123,7 @@ void ReductionMethod::prepare(TrainContext& ctx, bool resuming) {
   teacher_->to(ctx.device);
   teacher_->eval();
   const std::string& dtype = config_.search.kd.teacher_dtype;
-  kd_teacher_ = kd_teacher(teacher_, dtype, ctx.device, config_.train.channels_last);
+  kd_teacher_ = kd_teacher(*teacher_, dtype, ctx.device, config_.train.channels_last);
   if (dtype == "bfloat16" && ctx.device.is_cpu() && !cpu_has_native_bf16())
     ctx.log("note: search.kd.teacher_dtype bfloat16 on a CPU without native bfloat16: the teacher forward is "
             "emulated and slower than float32");

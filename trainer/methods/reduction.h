@@ -11,6 +11,7 @@
 #include "search/fairness.h"
 #include "search/objective.h"
 #include "trainer/engine/method.h"
+#include "trainer/models/folded.h"
 #include "trainer/models/net.h"
 
 namespace autorep::trainer::methods {
@@ -27,14 +28,15 @@ models::Net load_teacher(const engine::Config& config, const models::ModelSpec& 
 /// student's gate parameters have no counterpart and keep their initial values).
 void init_from_teacher(models::NetImpl& student, models::NetImpl& teacher);
 
-/// The network that computes the KD targets (search.kd.teacher_dtype): `teacher` itself for
-/// "float32", an eval-mode bfloat16 copy of it on `device` for "bfloat16"; with `channels_last`
-/// (train.channels_last) in channels_last memory (the float32 teacher is converted in place).
-models::Net kd_teacher(const models::Net& teacher, const std::string& dtype, const torch::Device& device,
-                       bool channels_last = false);
+/// The network that computes the KD targets: `teacher` with its batch norms folded
+/// (models::FoldedNet) in search.kd.teacher_dtype ("float32" or "bfloat16") on `device`, in
+/// channels_last memory on the CPU or with `channels_last` (train.channels_last). The teacher
+/// is not changed.
+std::shared_ptr<const models::FoldedNet> kd_teacher(models::NetImpl& teacher, const std::string& dtype,
+                                                    const torch::Device& device, bool channels_last = false);
 
 /// The teacher's logits for `x` as float32, without autograd (`x` is cast to the teacher's dtype).
-torch::Tensor teacher_logits(models::NetImpl& teacher, const torch::Tensor& x);
+torch::Tensor teacher_logits(const models::FoldedNet& teacher, const torch::Tensor& x);
 
 /// True when this CPU computes bfloat16 natively (AVX512-BF16; AMX CPUs have it too), so a
 /// bfloat16 teacher is faster than a float32 one; without it the bfloat16 forward is emulated
@@ -83,7 +85,7 @@ class ReductionMethod : public engine::Method {
 
   engine::Config config_;
   models::Net teacher_;
-  models::Net kd_teacher_;  ///< teacher_, or its bfloat16 copy (search.kd.teacher_dtype)
+  std::shared_ptr<const models::FoldedNet> kd_teacher_;  ///< teacher_ folded (search.kd.teacher_dtype)
   search::GateList gates_;
   int64_t total_ = 0;
   int64_t budget_ = 0;       ///< search.budget resolved against total_ (in the run's state)

@@ -2,6 +2,8 @@
 
 #include <set>
 
+#include "layers/gate.h"
+#include "trainer/models/folded.h"
 #include "trainer/models/net.h"
 #include "trainer/models/registry.h"
 
@@ -181,4 +183,58 @@ TEST_CASE("width and stem stride reshape ResNets and WRNs and are refused elsewh
   CHECK_THROWS_WITH(build_model(small, layers::relu_factory()), Catch::Contains("resnet18, resnet20 and wrn-22-8 only"));
   spec.width = 0;
   CHECK_THROWS_WITH(build_model(spec, layers::relu_factory()), Catch::Contains("width must be in (0, 16]"));
+}
+
+TEST_CASE("the folded network gives every model's eval logits to float rounding and leaves its input alone",
+          "[models][folded]") {
+  torch::manual_seed(5);
+  for (const auto& name : model_names()) {
+    const bool big = name == "wrn-22-8" || name == "vgg16";
+    ModelSpec spec{name, big ? std::vector<int64_t>{3, 32, 32} : std::vector<int64_t>{1, 28, 28}, 7, true};
+    if (name == "wrn-22-8") spec.width = 0.125;
+    INFO(name);
+    Net net = build_model(spec, layers::relu_factory());
+    const auto x = torch::randn({4, spec.input_shape[0], spec.input_shape[1], spec.input_shape[2]});
+    // A few training forwards, so the running statistics (hence the folding) are not the identity.
+    for (int i = 0; i < 2; ++i) net->forward(torch::randn_like(x) * 2 + 0.5);
+    net->eval();
+    torch::Tensor want;
+    {
+      torch::NoGradGuard ng;
+      want = net->forward(x);
+    }
+    const torch::Tensor before = x.clone();
+    for (bool channels_last : {false, true}) {
+      const FoldedNet folded(*net, torch::kFloat, torch::kCPU, channels_last);
+      const torch::Tensor got = folded.forward(x);
+      CHECK(torch::equal(x, before));  // in-place operations never touch the input
+      CHECK_FALSE(got.requires_grad());
+      REQUIRE(got.sizes() == want.sizes());
+      const double scale = want.abs().max().item<double>();
+      CHECK((got - want).abs().max().item<double>() <= 1e-4 * scale + 1e-5);
+    }
+  }
+}
+
+TEST_CASE("the folded network makes no batch-norm pass, copies its weights and refuses non-ReLU sites",
+          "[models][folded]") {
+  const ModelSpec spec{"resnet20", {1, 28, 28}, 10, true};
+  Net net = build_model(spec, layers::relu_factory());
+  net->eval();
+  // resnet20: 21 convolutions (2 of them shortcuts), 19 ReLUs, 9 additions, pool, linear;
+  // its 21 batch norms are folded away.
+  const FoldedNet folded(*net, torch::kFloat, torch::kCPU);
+  CHECK(folded.size() == 21 + 19 + 9 + 2);
+  const auto x = torch::randn({2, 1, 28, 28});
+  const torch::Tensor first = folded.forward(x);
+  {
+    torch::NoGradGuard ng;
+    for (auto& p : net->parameters()) p.zero_();
+  }
+  CHECK(torch::equal(folded.forward(x), first));  // its own copy of the weights
+  const FoldedNet bf16(*net, torch::kBFloat16, torch::kCPU);
+  CHECK(bf16.forward(x).scalar_type() == torch::kBFloat16);
+
+  Net gated = build_model(spec, layers::gate_factory(layers::GateOptions{}));
+  CHECK_THROWS_WITH(FoldedNet(*gated, torch::kFloat, torch::kCPU), Catch::Contains("site act1 is not a ReLU"));
 }
