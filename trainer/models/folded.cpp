@@ -107,31 +107,32 @@ class Recorder : public GraphSink {
 };
 
 // Last uses, in-place operations and early drops. A flatten's output is a view of its input and
-// an in-place operation's output is its input: both count as one storage ("root"), which may be
-// overwritten only at the last read of any of its slots, and never when it is the input.
+// an in-place operation's output is its input: both join their input's storage ("root"), which
+// may be overwritten only at the last read of any of its slots, and never when it is the input.
+// A slot that joins a root later is read later still, so each root's last read is kept up to
+// date as slots join it.
 void schedule(std::vector<Op>& ops, int slots, int output) {
-  std::vector<int> root(slots);
-  for (int s = 0; s < slots; ++s) root[s] = s;
-  std::vector<int> last_read(slots, -1), root_last(slots, -1);
   const int n = static_cast<int>(ops.size());
+  std::vector<int> last_read(slots, -1);
   for (int i = 0; i < n; ++i) {
     last_read[ops[i].in] = i;
     if (ops[i].other >= 0) last_read[ops[i].other] = i;
   }
   last_read[output] = n;
-  // Roots first assuming no op is in place (a flatten aliases always), then decide in order.
+  std::vector<int> root(slots), root_last(last_read);
+  for (int s = 0; s < slots; ++s) root[s] = s;
+  const auto join = [&](int slot, int r) {
+    root[slot] = r;
+    root_last[r] = std::max(root_last[r], last_read[slot]);
+  };
   for (int i = 0; i < n; ++i) {
     Op& op = ops[i];
-    const bool can = op.kind == Kind::relu || op.kind == Kind::add || op.kind == Kind::affine;
-    if (op.kind == Kind::flatten) root[op.out] = root[op.in];
-    std::fill(root_last.begin(), root_last.end(), -1);
-    for (int s = 0; s < slots; ++s)
-      if (last_read[s] >= 0) root_last[root[s]] = std::max(root_last[root[s]], last_read[s]);
-    if (can) {
-      const int r = root[op.in];
+    const int r = root[op.in];
+    if (op.kind == Kind::flatten) join(op.out, r);
+    if (op.kind == Kind::relu || op.kind == Kind::add || op.kind == Kind::affine) {
       const bool alone = op.other < 0 || root[op.other] != r;
       op.in_place = r != 0 && alone && root_last[r] == i;
-      if (op.in_place) root[op.out] = r;
+      if (op.in_place) join(op.out, r);
     }
   }
   for (int s = 0; s < slots; ++s)

@@ -2,7 +2,7 @@
 /// A frozen all-ReLU model's inference forward with every batch norm folded into the convolution
 /// before it: what the knowledge-distillation teacher of a search runs at every step. Compared
 /// with the model's own eval-mode forward it makes no batch-norm passes and applies its ReLUs and
-/// residual additions in place, so it reads and writes each activation map about half as often;
+/// residual additions in place, so it reads and writes each activation map fewer times;
 /// the logits agree to float rounding. Built once from the model's description
 /// (NetImpl::describe), with its own copy of the weights: later changes to the model do not
 /// reach it.
