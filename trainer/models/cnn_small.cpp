@@ -2,6 +2,7 @@
 
 #include <stdexcept>
 
+#include "layers/pool.h"
 #include "trainer/models/blocks.h"
 
 namespace autorep::trainer::models {
@@ -25,8 +26,8 @@ class CnnSmallImpl : public NetImpl {
     fc2_ = register_module("fc2", nn::Linear(64, spec.classes));
   }
   torch::Tensor forward(torch::Tensor x) override {
-    x = torch::max_pool2d(act1_.forward(bn1_(conv1_(x))), 2);
-    x = torch::max_pool2d(act2_.forward(bn2_(conv2_(x))), 2);
+    x = layers::max_pool2(act1_.forward(bn1_(conv1_(x))));
+    x = layers::max_pool2(act2_.forward(bn2_(conv2_(x))));
     x = act3_.forward(fc1_(x.flatten(1)));
     return fc2_(x);
   }

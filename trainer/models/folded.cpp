@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "layers/pool.h"
 #include "layers/site.h"
 #include "trainer/models/folding.h"
 #include "trainer/models/graph.h"
@@ -156,6 +157,7 @@ torch::Tensor run(const Op& op, std::vector<torch::Tensor>& v) {
     case Kind::add:
       return op.in_place ? x.add_(v[op.other]) : x + v[op.other];
     case Kind::max_pool:
+      if (op.kernel == 2) return layers::max_pool2(x);
       return torch::max_pool2d(x, {op.kernel, op.kernel}, {op.kernel, op.kernel});
     case Kind::mean_hw:
       return x.mean({2, 3});
