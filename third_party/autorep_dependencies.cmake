@@ -103,16 +103,14 @@ if(AUTOREP_ONNX)
   autorep_require(AUTOREP_OPENCV_CORE_LIBRARY "OpenCV core library (libopencv_core)" "libopencv-dnn-dev")
 endif()
 
-# Libraries off the training path (the commands, the file formats, the ONNX export) compile at
-# -O1 in Release: their code runs once per command, not per step, and -O1 compiles them in
-# three quarters of -O3's time (a fresh build of the `autorep` target ~14 s shorter on 2 cores).
-function(autorep_cold_code name)
-  target_compile_options(${name} PRIVATE $<$<AND:$<CONFIG:Release>,$<COMPILE_LANGUAGE:CXX>>:-O1>)
-endfunction()
-
-# A helper that every autorep library target uses for its common settings.
+# A helper that every autorep library target uses for its common settings:
+#   autorep_library(NAME [COLD] SOURCES...)
+# COLD marks a library off the training path (the commands, the file formats, the ONNX export):
+# it compiles at -O1 in Release, since its code runs once per command, not per step, and -O1
+# compiles it in about three quarters of -O3's time.
 function(autorep_library name)
-  add_library(${name} STATIC ${ARGN})
+  cmake_parse_arguments(PARSE_ARGV 1 ARG "COLD" "" "")
+  add_library(${name} STATIC ${ARG_UNPARSED_ARGUMENTS})
   target_include_directories(${name} PUBLIC ${PROJECT_SOURCE_DIR})
   target_link_libraries(${name} PUBLIC ${TORCH_LIBRARIES} nlohmann_json::nlohmann_json Threads::Threads)
   if(OpenMP_CXX_FOUND)
@@ -123,13 +121,21 @@ function(autorep_library name)
     set_target_properties(${name} PROPERTIES UNITY_BUILD ON UNITY_BUILD_BATCH_SIZE 0)
   endif()
   # Every source includes LibTorch: the first library compiles <torch/torch.h> once as a
-  # precompiled header and every later one reuses it (they share flags and definitions).
-  get_property(_pch_owner GLOBAL PROPERTY AUTOREP_PCH_OWNER)
+  # precompiled header and every later one reuses it (they share flags and definitions). A
+  # precompiled header must be used with the flags it was made with (GCC can crash on a
+  # mismatched optimisation level), so the COLD libraries share one of their own; a fresh build
+  # makes it on the second core while the first makes the other.
+  set(_pch_property AUTOREP_PCH_OWNER)
+  if(ARG_COLD)
+    target_compile_options(${name} PRIVATE $<$<AND:$<CONFIG:Release>,$<COMPILE_LANGUAGE:CXX>>:-O1>)
+    set(_pch_property AUTOREP_COLD_PCH_OWNER)
+  endif()
+  get_property(_pch_owner GLOBAL PROPERTY ${_pch_property})
   if(_pch_owner)
     target_precompile_headers(${name} REUSE_FROM ${_pch_owner})
   else()
     target_precompile_headers(${name} PRIVATE "$<$<COMPILE_LANGUAGE:CXX>:<torch/torch.h>>")
-    set_property(GLOBAL PROPERTY AUTOREP_PCH_OWNER ${name})
+    set_property(GLOBAL PROPERTY ${_pch_property} ${name})
   endif()
   if(AUTOREP_TORCH_CXX_FLAGS)
     separate_arguments(_flags UNIX_COMMAND "${AUTOREP_TORCH_CXX_FLAGS}")
