@@ -9,6 +9,7 @@
 
 #include "layers/curvature.h"
 #include "layers/gate_function.h"
+#include "layers/gate_state_cpu.h"
 
 namespace autorep::layers {
 namespace {
@@ -197,6 +198,11 @@ void GateImpl::update_running_stats(const torch::Tensor& moments, int64_t count,
   }
   update_range(range);
   if (count < 2) return;
+  if (state_cpu::applies({&running_mean_, &running_var_}, running_mean_.scalar_type()) && m.is_contiguous() &&
+      m.device().is_cpu()) {
+    state_cpu::blend_moments(m, count, options_.dapa().momentum(), running_mean_, running_var_);
+    return;
+  }
   const auto [mean, var] = mean_and_var(m, count);
   blend_running(running_mean_, mean, options_.dapa().momentum());
   blend_running(running_var_, var, options_.dapa().momentum());
@@ -277,6 +283,10 @@ void GateImpl::cap_curvature() {
   if (o.degree() < 2 || o.dapa().sigma() != "std") return;
   torch::NoGradGuard no_grad;
   // φ(0) / (2 k σ) for s2*c2, i.e. φ(0) / (2 k σ s2) for c2.
+  if (o.dapa().range_bound() <= 0 && state_cpu::applies({&c2_, &running_var_}, c2_.scalar_type())) {
+    state_cpu::cap_c2(c2_, running_var_, 2.0 * o.dapa().sigma_scale() * o.scale2());
+    return;
+  }
   auto limit = (1.0 / std::sqrt(2.0 * M_PI)) /
                (2.0 * o.dapa().sigma_scale() * o.scale2() * fit_sigma().to(c2_.scalar_type()));
   if (o.dapa().range_bound() > 0) {
@@ -311,6 +321,10 @@ void GateImpl::record_probe(const torch::Tensor& x, const torch::Tensor& y) {
 void GateImpl::hysteresis_update(double threshold) {
   if (frozen_) return;
   torch::NoGradGuard no_grad;
+  if (state_cpu::applies({&mask_, &aux_}, mask_.scalar_type())) {
+    state_cpu::hysteresis(mask_, aux_, threshold);
+    return;
+  }
   const auto down = (aux_ > -threshold).to(mask_.scalar_type());
   const auto up = (aux_ > threshold).to(mask_.scalar_type());
   mask_.copy_(mask_ * down + (1 - mask_) * up);

@@ -10,6 +10,7 @@
 #include "layers/gate.h"
 #include "layers/util/text.h"
 #include "trainer/engine/interrupt.h"
+#include "trainer/engine/optim.h"
 
 namespace autorep::trainer::engine {
 
@@ -131,7 +132,7 @@ StepOutcome train_step(const StepEnv& env, const Phase& phase, const torch::Tens
     return out;
   }
   env.method->before_update(ctx);
-  if (phase.optim.grad_clip > 0) torch::nn::utils::clip_grad_norm_(ctx.model->parameters(), phase.optim.grad_clip);
+  if (phase.optim.grad_clip > 0) clip_gradients(ctx.model->parameters(), phase.optim.grad_clip);
   optimizer.step();
   env.method->after_step(ctx);
   return out;
