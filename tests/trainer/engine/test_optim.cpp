@@ -35,6 +35,17 @@ void set_grads(const std::vector<torch::Tensor>& ps, int step) {
   }
 }
 
+// LibTorch's own Adam over the same groups, lr and weight decay as make_optimizer(groups, o).
+std::unique_ptr<torch::optim::Adam> reference_adam(const std::vector<ParamGroup>& groups, const OptimOptions& o) {
+  std::vector<torch::optim::OptimizerParamGroup> pg;
+  for (const auto& g : groups) {
+    auto go = std::make_unique<torch::optim::AdamOptions>(g.lr);
+    go->betas({o.beta1, o.beta2}).weight_decay(g.weight_decay);
+    pg.emplace_back(g.params, std::move(go));
+  }
+  return std::make_unique<torch::optim::Adam>(pg, torch::optim::AdamOptions(1e-3));
+}
+
 double max_diff(const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b) {
   double d = 0;
   for (size_t i = 0; i < a.size(); ++i) d = std::max(d, (a[i] - b[i]).abs().max().item<double>());
@@ -51,18 +62,12 @@ TEST_CASE("the Adam of make_optimizer follows LibTorch's Adam to float rounding 
   o.beta2 = 0.999;
   auto mine = make_params(1), ref = make_params(1);
   auto opt = make_optimizer(groups_of(mine), o);
-  std::vector<torch::optim::OptimizerParamGroup> pg;
-  for (const auto& g : groups_of(ref)) {
-    auto go = std::make_unique<torch::optim::AdamOptions>(g.lr);
-    go->betas({o.beta1, o.beta2}).weight_decay(g.weight_decay);
-    pg.emplace_back(g.params, std::move(go));
-  }
-  torch::optim::Adam adam(pg, torch::optim::AdamOptions(1e-3));
+  auto adam = reference_adam(groups_of(ref), o);
   for (int step = 0; step < 20; ++step) {
     set_grads(mine, step);
     set_grads(ref, step);
     opt->step();
-    adam.step();
+    adam->step();
   }
   // Twenty steps of updates ~1e-2 each: float rounding only.
   CHECK(max_diff(mine, ref) < 1e-6);
@@ -78,22 +83,16 @@ TEST_CASE("the Adam of make_optimizer follows LibTorch's Adam to float rounding 
   }
   auto resumed = make_params(1);
   for (size_t i = 0; i < resumed.size(); ++i) resumed[i].detach().copy_(mine[i].detach());
-  std::vector<torch::optim::OptimizerParamGroup> pg2;
-  for (const auto& g : groups_of(resumed)) {
-    auto go = std::make_unique<torch::optim::AdamOptions>(g.lr);
-    go->betas({o.beta1, o.beta2}).weight_decay(g.weight_decay);
-    pg2.emplace_back(g.params, std::move(go));
-  }
-  torch::optim::Adam plain(pg2, torch::optim::AdamOptions(1e-3));
+  auto plain = reference_adam(groups_of(resumed), o);
   {
     torch::serialize::InputArchive archive;
     archive.load_from(buffer);
-    plain.load(archive);
+    plain->load(archive);
   }
   set_grads(mine, 20);
   set_grads(resumed, 20);
   opt->step();
-  plain.step();
+  plain->step();
   CHECK(max_diff(mine, resumed) < 1e-6);
 }
 
