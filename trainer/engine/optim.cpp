@@ -64,7 +64,8 @@ class CpuFusedAdam : public torch::optim::Adam {
     }
     for (auto& group : param_groups_) {
       const auto& o = static_cast<const torch::optim::AdamOptions&>(group.options());
-      const auto [beta1, beta2] = o.betas();
+      // Not a structured binding: C++17 lambdas (the dispatch below) cannot capture those.
+      const double beta1 = std::get<0>(o.betas()), beta2 = std::get<1>(o.betas());
       for (auto& p : group.params()) {
         if (!p.grad().defined()) continue;
         const auto key = state_key(state_, p);
