@@ -50,25 +50,43 @@ inline void spread(T g, uint8_t k, T* a, T* b, T* c, T* d) {
 }
 
 // The inner loops: `count` outputs from two input rows (NCHW: neighbours a column apart;
-// channels_last: four pixels' channel vectors), and their gradients back. Scalar for any type;
-// float32 in SSE2 vectors of four below.
+// channels_last: four pixels' channel vectors), and their gradients back. Scalar for any type
+// and for rows of fewer than four; float32 in SSE2 vectors of four below.
 template <class T>
-void rows_forward(const T* top, const T* bottom, T* out, uint8_t* at, int64_t count) {
+void rows_forward_scalar(const T* top, const T* bottom, T* out, uint8_t* at, int64_t count) {
   for (int64_t i = 0; i < count; ++i)
     window(top[2 * i], top[2 * i + 1], bottom[2 * i], bottom[2 * i + 1], out + i, at ? at + i : nullptr);
 }
 template <class T>
-void pixels_forward(const T* p00, const T* p01, const T* p10, const T* p11, T* out, uint8_t* at, int64_t count) {
+void pixels_forward_scalar(const T* p00, const T* p01, const T* p10, const T* p11, T* out, uint8_t* at,
+                           int64_t count) {
   for (int64_t i = 0; i < count; ++i) window(p00[i], p01[i], p10[i], p11[i], out + i, at ? at + i : nullptr);
 }
 template <class T>
-void rows_backward(const T* g, const uint8_t* at, T* top, T* bottom, int64_t count) {
+void rows_backward_scalar(const T* g, const uint8_t* at, T* top, T* bottom, int64_t count) {
   for (int64_t i = 0; i < count; ++i)
     spread(g[i], at[i], top + 2 * i, top + 2 * i + 1, bottom + 2 * i, bottom + 2 * i + 1);
 }
 template <class T>
-void pixels_backward(const T* g, const uint8_t* at, T* p00, T* p01, T* p10, T* p11, int64_t count) {
+void pixels_backward_scalar(const T* g, const uint8_t* at, T* p00, T* p01, T* p10, T* p11, int64_t count) {
   for (int64_t i = 0; i < count; ++i) spread(g[i], at[i], p00 + i, p01 + i, p10 + i, p11 + i);
+}
+
+template <class T>
+void rows_forward(const T* top, const T* bottom, T* out, uint8_t* at, int64_t count) {
+  rows_forward_scalar(top, bottom, out, at, count);
+}
+template <class T>
+void pixels_forward(const T* p00, const T* p01, const T* p10, const T* p11, T* out, uint8_t* at, int64_t count) {
+  pixels_forward_scalar(p00, p01, p10, p11, out, at, count);
+}
+template <class T>
+void rows_backward(const T* g, const uint8_t* at, T* top, T* bottom, int64_t count) {
+  rows_backward_scalar(g, at, top, bottom, count);
+}
+template <class T>
+void pixels_backward(const T* g, const uint8_t* at, T* p00, T* p01, T* p10, T* p11, int64_t count) {
+  pixels_backward_scalar(g, at, p00, p01, p10, p11, count);
 }
 
 #if defined(__SSE2__)
@@ -114,11 +132,7 @@ inline __m128 pick(__m128 g, __m128i k, int position) {
 
 template <>
 void rows_forward<float>(const float* top, const float* bottom, float* out, uint8_t* at, int64_t count) {
-  if (count < 4) {
-    for (int64_t i = 0; i < count; ++i)
-      window(top[2 * i], top[2 * i + 1], bottom[2 * i], bottom[2 * i + 1], out + i, at ? at + i : nullptr);
-    return;
-  }
+  if (count < 4) return rows_forward_scalar(top, bottom, out, at, count);
   blocks_of_four(count, [&](int64_t i) {
     const __m128 t0 = _mm_loadu_ps(top + 2 * i), t1 = _mm_loadu_ps(top + 2 * i + 4);
     const __m128 b0 = _mm_loadu_ps(bottom + 2 * i), b1 = _mm_loadu_ps(bottom + 2 * i + 4);
@@ -130,10 +144,7 @@ void rows_forward<float>(const float* top, const float* bottom, float* out, uint
 template <>
 void pixels_forward<float>(const float* p00, const float* p01, const float* p10, const float* p11, float* out,
                            uint8_t* at, int64_t count) {
-  if (count < 4) {
-    for (int64_t i = 0; i < count; ++i) window(p00[i], p01[i], p10[i], p11[i], out + i, at ? at + i : nullptr);
-    return;
-  }
+  if (count < 4) return pixels_forward_scalar(p00, p01, p10, p11, out, at, count);
   blocks_of_four(count, [&](int64_t i) {
     window4(_mm_loadu_ps(p00 + i), _mm_loadu_ps(p01 + i), _mm_loadu_ps(p10 + i), _mm_loadu_ps(p11 + i), out + i,
             at ? at + i : nullptr);
@@ -141,11 +152,7 @@ void pixels_forward<float>(const float* p00, const float* p01, const float* p10,
 }
 template <>
 void rows_backward<float>(const float* g, const uint8_t* at, float* top, float* bottom, int64_t count) {
-  if (count < 4) {
-    for (int64_t i = 0; i < count; ++i)
-      spread(g[i], at[i], top + 2 * i, top + 2 * i + 1, bottom + 2 * i, bottom + 2 * i + 1);
-    return;
-  }
+  if (count < 4) return rows_backward_scalar(g, at, top, bottom, count);
   blocks_of_four(count, [&](int64_t i) {
     const __m128 v = _mm_loadu_ps(g + i);
     const __m128i k = load_positions(at + i);
@@ -159,10 +166,7 @@ void rows_backward<float>(const float* g, const uint8_t* at, float* top, float* 
 template <>
 void pixels_backward<float>(const float* g, const uint8_t* at, float* p00, float* p01, float* p10, float* p11,
                             int64_t count) {
-  if (count < 4) {
-    for (int64_t i = 0; i < count; ++i) spread(g[i], at[i], p00 + i, p01 + i, p10 + i, p11 + i);
-    return;
-  }
+  if (count < 4) return pixels_backward_scalar(g, at, p00, p01, p10, p11, count);
   blocks_of_four(count, [&](int64_t i) {
     const __m128 v = _mm_loadu_ps(g + i);
     const __m128i k = load_positions(at + i);
