@@ -2,15 +2,31 @@
 
 #include <torch/torch.h>
 
+#include <dlfcn.h>
+
 #include <stdexcept>
 #include <thread>
 
 namespace autorep::trainer::engine {
 
+int blas_single_threaded() {
+  // The BLAS LibTorch was linked with, if it is OpenBLAS (Debian: the pthread build chosen by
+  // the libblas.so.3 alternative), found by name so that no BLAS is linked here.
+  using SetThreads = void (*)(int);
+  using GetThreads = int (*)();
+  auto set = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+  auto get = reinterpret_cast<GetThreads>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+  if (!set || !get) return 0;
+  const int before = get();
+  set(1);
+  return before;
+}
+
 int64_t configure_threads(int64_t threads) {
   int64_t n = threads > 0 ? threads : static_cast<int64_t>(std::thread::hardware_concurrency());
   if (n <= 0) n = 1;
   torch::set_num_threads(static_cast<int>(n));
+  blas_single_threaded();
   return n;
 }
 

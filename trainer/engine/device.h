@@ -9,8 +9,16 @@
 
 namespace autorep::trainer::engine {
 
-/// Sets LibTorch's intra-op threads: `threads`, or all cores when 0. Returns the count used.
+/// Sets LibTorch's intra-op threads: `threads`, or all cores when 0, and makes BLAS run on the
+/// calling thread (blas_single_threaded). Returns the count used.
 int64_t configure_threads(int64_t threads);
+/// Sets OpenBLAS, when it is the BLAS in the process, to one thread; returns its thread count
+/// before (0 when there is no OpenBLAS). OpenBLAS's pthread workers busy-wait (sched_yield) for a
+/// while after every call, next to LibTorch's OpenMP threads waiting for the same call: with
+/// both pools as large as the machine, the cores were oversubscribed and a cnn-small baseline
+/// step ran 20-40% slower. The shipped models' matrix products are small (convolutions run
+/// through oneDNN), so LibTorch's threads lose nothing by calling BLAS single-threaded.
+int blas_single_threaded();
 /// Resolves "auto" | "cpu" | "cuda" (error when cuda is asked for but not available).
 torch::Device resolve_device(const std::string& device);
 
