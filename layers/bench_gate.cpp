@@ -161,7 +161,9 @@ int run_gate_bench(const GateBenchOptions& o, std::ostream& out) {
       << " on " << o.device << ", granularity "
       << o.granularity << ", "
       << (cuda ? std::string("")
-               : std::to_string(torch::get_num_threads()) + " threads, " + kernels::gate_cpu_isa() + " kernels, ")
+               : std::to_string(torch::get_num_threads()) + " threads, " + kernels::gate_cpu_isa() +
+                     " kernels, outputs from " + std::to_string(kernels::gate_cpu_stream_bytes() >> 10) +
+                     " KiB streamed past the caches (" + (bytes >= kernels::gate_cpu_stream_bytes() ? "this one" : "not this one") + "), ")
       << o.iters << " iterations (median; composite in its own block, the others interleaved), allocator: " << allocator << "\n";
   out << std::fixed;
   const char* notes[] = {"torch::relu through autograd", "composite ATen reference",

@@ -3,14 +3,74 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "layers/kernels/gate_kernels.h"
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
+#include <unistd.h>
+
 namespace autorep::layers::kernels {
 namespace {
+
+// Outputs (y, dx) of at least this many bytes are written with non-temporal stores: by default
+// the size of the last-level cache. A tensor that large does not stay in the cache for the layer
+// that reads it next, so a plain store only adds the read of each line before it is overwritten
+// (three streams of memory traffic where two do). Below it, plain stores keep the output cached.
+// -1: not set by gate_cpu_set_stream_bytes.
+std::atomic<int64_t> forced_stream_bytes{-1};
+
+// The last-level cache as the kernel describes it to this machine (Linux sysfs: on a virtual
+// machine the share it was given, where CPUID may report the host's whole cache), else
+// sysconf's, else 8 MiB. AUTOREP_GATE_STREAM_BYTES overrides it.
+int64_t default_stream_bytes() {
+  static const int64_t bytes = [] {
+    if (const char* env = std::getenv("AUTOREP_GATE_STREAM_BYTES")) {
+      char* end = nullptr;
+      const long long v = std::strtoll(env, &end, 10);
+      if (end != env && *end == '\0' && v >= 0) return static_cast<int64_t>(v);
+    }
+    int64_t best = 0;
+    for (int i = 0; i < 8; ++i) {
+      const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(i) + "/";
+      std::ifstream level(dir + "level"), size(dir + "size");
+      int lv = 0;
+      std::string sz;
+      if (!(level >> lv) || !(size >> sz) || lv < 2 || sz.empty()) continue;
+      int64_t v = std::atoll(sz.c_str());
+      if (sz.back() == 'K') v <<= 10;
+      if (sz.back() == 'M') v <<= 20;
+      if (v > 0 && lv >= 3) best = v;
+    }
+    long l3 = -1;
+#ifdef _SC_LEVEL3_CACHE_SIZE
+    l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
+#endif
+    if (best <= 0 && l3 > 0) best = l3;
+    return best > 0 ? best : int64_t{8} << 20;
+  }();
+  return bytes;
+}
+
+int64_t stream_bytes() {
+  const int64_t forced = forced_stream_bytes.load(std::memory_order_relaxed);
+  return forced >= 0 ? forced : default_stream_bytes();
+}
+
+inline bool stream_output(int64_t bytes) { return bytes >= stream_bytes(); }
+
+// Orders this thread's non-temporal stores before whatever it does next (the end of a task).
+inline void stream_fence() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  _mm_sfence();
+#endif
+}
 
 #define AUTOREP_GATE_ISA generic
 #define AUTOREP_GATE_VEC_BYTES 16
@@ -80,6 +140,10 @@ const char* gate_cpu_isa() {
     default: return "generic";
   }
 }
+
+int64_t gate_cpu_stream_bytes() { return stream_bytes(); }
+
+void gate_cpu_set_stream_bytes(int64_t bytes) { forced_stream_bytes.store(bytes < 0 ? -1 : bytes); }
 
 bool gate_cpu_set_isa(const char* name) {
   const std::string n = name ? name : "";

@@ -58,7 +58,7 @@ inline __attribute__((always_inline)) void forward_row(int64_t C, int64_t stride
                                                        const T* __restrict__ m, const T* __restrict__ a,
                                                        const T* __restrict__ b, const T* __restrict__ d,
                                                        T* __restrict__ y, T* __restrict__ s,
-                                                       T* __restrict__ s2) {
+                                                       T* __restrict__ s2, bool nt) {
   using V = typename VecOf<T>::type;
   constexpr int64_t W = sizeof(V) / sizeof(T);
   const V zero = {};
@@ -75,7 +75,7 @@ inline __attribute__((always_inline)) void forward_row(int64_t C, int64_t stride
       V xv;
       vload(xv, x + r * stride + j);
       const V rl = xv > zero ? xv : zero;
-      vstore(y + r * stride + j, kept ? rl : av + xv * (bv + dv * xv));
+      vstore_out(y + r * stride + j, kept ? rl : av + xv * (bv + dv * xv), nt);
       if constexpr (MOMENTS) {
         sv += xv;
         sq += xv * xv;
@@ -100,7 +100,7 @@ inline __attribute__((always_inline)) void backward_row(int64_t C, const T* __re
                                                         const T* __restrict__ a, const T* __restrict__ b,
                                                         const T* __restrict__ d, T* __restrict__ dx,
                                                         T* __restrict__ gm, T* __restrict__ s0,
-                                                        T* __restrict__ s1, T* __restrict__ s2) {
+                                                        T* __restrict__ s1, T* __restrict__ s2, bool nt) {
   using V = typename VecOf<T>::type;
   constexpr int64_t W = sizeof(V) / sizeof(T);
   const V zero = {};
@@ -113,7 +113,7 @@ inline __attribute__((always_inline)) void backward_row(int64_t C, const T* __re
     const V on = xv > zero ? one : zero;
     const V qv = av + xv * (bv + dv * xv);
     const auto kept = mv > half;
-    vstore(dx + j, gv * (kept ? on : bv + (dv + dv) * xv));
+    vstore_out(dx + j, gv * (kept ? on : bv + (dv + dv) * xv), nt);
     V acc;
     vload(acc, gm + j);
     vstore(gm + j, acc + gv * (xv * on - qv));
@@ -145,6 +145,7 @@ void forward_cl(const GateProblem& pr, const T* x, const T* mask, const T* c0, c
   const int64_t C = pr.c, P = pr.p, rows = pr.n * P;
   const int64_t B = std::clamp<int64_t>(at::get_num_threads(), 1, rows);
   const RowTables<T> tab = row_tables(pr, mask, c0, c1, c2, PIXEL);
+  const bool nt = stream_output(rows * C * static_cast<int64_t>(sizeof(T)));
   std::vector<double> part(MOMENTS ? 2 * B * C : 0, 0.0);
   at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> chunk(MOMENTS ? 2 * C : 0);
@@ -160,12 +161,13 @@ void forward_cl(const GateProblem& pr, const T* x, const T* mask, const T* c0, c
         T* __restrict__ s2 = MOMENTS ? chunk.data() + C : nullptr;
         for (; r < r_end; ++r) {
           forward_row<T, MOMENTS, 1>(C, C, x + r * C, tab.m.ptr + (PIXEL ? pos * C : 0), tab.a.ptr, tab.b.ptr,
-                                     tab.d.ptr, y + r * C, s, s2);
+                                     tab.d.ptr, y + r * C, s, s2, nt);
           if (++pos == P) pos = 0;
         }
         for (int64_t j = 0; MOMENTS && j < 2 * C; ++j) sums[j] += chunk[j];
       }
     }
+    if (nt) stream_fence();
   });
   for (int64_t c = 0; MOMENTS && c < C; ++c) {
     double s = 0, s2 = 0;
@@ -190,6 +192,7 @@ void backward_cl(const GateProblem& pr, const T* x, const T* g, const T* mask, c
   const RowTables<T> tab = row_tables(pr, mask, c0, c1, c2, PIXEL);
   std::vector<T> gm_part(PIXEL ? B * P * C : 0);
   std::vector<double> part(4 * B * C, 0.0);  // per block: gm, d0, d1, d2 per channel
+  const bool nt = stream_output(rows * C * static_cast<int64_t>(sizeof(T)));
   at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> chunk(4 * C);
     for (int64_t blk = begin; blk < end; ++blk) {
@@ -209,12 +212,13 @@ void backward_cl(const GateProblem& pr, const T* x, const T* g, const T* mask, c
           // A pixel mask's gradient goes to the block's [p, c] scratch, a channel mask's to sm.
           T* gm = PIXEL ? gm_block + pos * C : sm;
           backward_row<T>(C, x + r * C, g + r * C, tab.m.ptr + (PIXEL ? pos * C : 0), tab.a.ptr, tab.b.ptr,
-                          tab.d.ptr, dx + r * C, gm, s0, s1, s2);
+                          tab.d.ptr, dx + r * C, gm, s0, s1, s2, nt);
           if (++pos == P) pos = 0;
         }
         for (int64_t j = 0; j < 4 * C; ++j) sums[j] += chunk[j];
       }
     }
+    if (nt) stream_fence();
   });
   double layer_gm = 0;
   for (int64_t c = 0; c < C; ++c) {

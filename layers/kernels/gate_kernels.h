@@ -72,6 +72,14 @@ const char* gate_cpu_isa();
 /// (the default). Returns false (and changes nothing) when this build or CPU lacks it. For
 /// tests and benchmarks that compare the code paths.
 bool gate_cpu_set_isa(const char* isa);
+/// Outputs (y, dx) of at least this many bytes are written around the caches (non-temporal
+/// stores, x86-64): by default the last-level cache's size, as such an output cannot stay cached
+/// for the next layer and a plain store would first read every line it overwrites. Values are
+/// the same either way.
+int64_t gate_cpu_stream_bytes();
+/// Sets that threshold (0: always stream; a negative value: back to the default). For tests
+/// that cover both kinds of store and for benchmarks.
+void gate_cpu_set_stream_bytes(int64_t bytes);
 
 // ---- CUDA (layers/kernels/gate_cuda.cu) ------------------------------------------------------
 

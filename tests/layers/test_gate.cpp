@@ -86,18 +86,23 @@ double normal_expectation(double mu, double sigma, const std::function<double(do
   return s * h / 3;
 }
 
-// Runs `body` under every CPU code path this build and CPU have (ISA) at 1 and 3 threads, then
-// restores the defaults.
-void for_each_cpu_path(const std::function<void(const char* isa, int threads)>& body) {
+// Runs `body` under every CPU code path this build and CPU have (ISA) at 1 and 3 threads, with
+// outputs stored through the caches and streamed past them (every size), then restores the
+// defaults.
+void for_each_cpu_path(const std::function<void(const char* isa, int threads, bool streamed)>& body) {
   const int threads = torch::get_num_threads();
   for (const char* isa : {"generic", "avx2", "avx512"}) {
     if (!kernels::gate_cpu_set_isa(isa)) continue;  // not on this CPU / build
     for (int t : {1, 3}) {
       torch::set_num_threads(t);
-      body(isa, t);
+      for (bool streamed : {false, true}) {
+        kernels::gate_cpu_set_stream_bytes(streamed ? 0 : std::numeric_limits<int64_t>::max());
+        body(isa, t, streamed);
+      }
     }
   }
   CHECK(kernels::gate_cpu_set_isa(""));
+  kernels::gate_cpu_set_stream_bytes(-1);
   torch::set_num_threads(threads);
 }
 
@@ -134,25 +139,50 @@ TEST_CASE("fused gate matches the composite reference: outputs and every gradien
 
 TEST_CASE("every CPU code path (ISA, thread count) gives the composite's results", "[gate][fused]") {
   torch::manual_seed(11);
-  for_each_cpu_path([](const char* isa, int t) {
+  for_each_cpu_path([](const char* isa, int t, bool streamed) {
+    // {4, 37} and {9, 300}: N×F rows of odd length (streamed stores only where a row is aligned).
     for (std::vector<int64_t> shape : {std::vector<int64_t>{5, 4, 3, 7}, std::vector<int64_t>{2, 5, 6, 6},
-                                       std::vector<int64_t>{1, 3, 9, 9}, std::vector<int64_t>{4, 37}}) {
+                                       std::vector<int64_t>{1, 3, 9, 9}, std::vector<int64_t>{4, 37},
+                                       std::vector<int64_t>{9, 300}}) {
       for (std::string gran : {"pixel", "channel", "layer"}) {
-        CAPTURE(isa, t, shape, gran, kernels::gate_cpu_isa());
-        REQUIRE(std::string(kernels::gate_cpu_isa()) == isa);
-        const auto in = make_inputs(shape, gran, torch::kDouble);
-        torch::Tensor moments;
-        auto y = gate_fused(in.x, in.aux, in.mask, in.c0, in.c1, in.c2, 1.0, 0.1, 2, &moments);
-        const auto f = run_gate(in, true, 2);
-        const auto c = run_gate(in, false, 2);
-        check_same(f, c, 1e-6, 1e-9);
-        std::vector<int64_t> dims{0};
-        for (size_t d = 2; d < shape.size(); ++d) dims.push_back(static_cast<int64_t>(d));
-        CHECK(torch::allclose(moments[0], in.x.detach().sum(dims), 1e-9, 1e-9));
+        for (auto dtype : {torch::kDouble, torch::kFloat}) {
+          CAPTURE(isa, t, streamed, shape, gran, dtype, kernels::gate_cpu_isa());
+          REQUIRE(std::string(kernels::gate_cpu_isa()) == isa);
+          const double rtol = dtype == torch::kDouble ? 1e-6 : 1e-4;
+          const double atol = dtype == torch::kDouble ? 1e-9 : 1e-4;
+          const auto in = make_inputs(shape, gran, dtype);
+          torch::Tensor moments;
+          auto y = gate_fused(in.x, in.aux, in.mask, in.c0, in.c1, in.c2, 1.0, 0.1, 2, &moments);
+          const auto f = run_gate(in, true, 2);
+          const auto c = run_gate(in, false, 2);
+          check_same(f, c, rtol, atol);
+          std::vector<int64_t> dims{0};
+          for (size_t d = 2; d < shape.size(); ++d) dims.push_back(static_cast<int64_t>(d));
+          CHECK(torch::allclose(moments[0], in.x.detach().to(torch::kDouble).sum(dims), rtol, atol));
+        }
       }
     }
   });
   CHECK_FALSE(kernels::gate_cpu_set_isa("neon"));
+}
+
+TEST_CASE("outputs are streamed past the caches from a size that can be set and reset", "[gate][fused]") {
+  const int64_t fallback = kernels::gate_cpu_stream_bytes();
+  CHECK(fallback > 0);
+  kernels::gate_cpu_set_stream_bytes(12345);
+  CHECK(kernels::gate_cpu_stream_bytes() == 12345);
+  kernels::gate_cpu_set_stream_bytes(-1);
+  CHECK(kernels::gate_cpu_stream_bytes() == fallback);
+  // The same bits either way, at a size where both kinds of store run (aligned rows, threads).
+  torch::manual_seed(5);
+  const auto in = make_inputs({4, 8, 16, 16}, "pixel", torch::kFloat);
+  kernels::gate_cpu_set_stream_bytes(std::numeric_limits<int64_t>::max());
+  const auto plain = run_gate(in, true, 2);
+  kernels::gate_cpu_set_stream_bytes(0);
+  const auto streamed = run_gate(in, true, 2);
+  kernels::gate_cpu_set_stream_bytes(-1);
+  CHECK(torch::equal(plain.y, streamed.y));
+  CHECK(torch::equal(plain.dx, streamed.dx));
 }
 
 TEST_CASE("STE gradient of aux is softplus(aux) * sum_batch (relu(x) - p(x)) * dL/dy", "[gate][ste]") {
@@ -180,7 +210,7 @@ TEST_CASE("the CPU straight-through factor is softplus(aux) to about an ulp, NaN
   // where softplus(a) = a.
   const int64_t n = 100003;
   const auto base = torch::linspace(-750, 750, n, torch::kDouble);
-  for_each_cpu_path([&](const char* isa, int t) {
+  for_each_cpu_path([&](const char* isa, int t, bool) {
     for (auto dtype : {torch::kFloat, torch::kDouble}) {
       CAPTURE(isa, t, dtype);
       auto aux = base.to(dtype);
@@ -270,14 +300,14 @@ TEST_CASE("fused gate refuses double backward", "[gate][fused]") {
 TEST_CASE("channels_last inputs run without a copy, keep their format and match the composite (every CPU path)",
           "[gate][fused]") {
   torch::manual_seed(12);
-  for_each_cpu_path([](const char* isa, int t) {
+  for_each_cpu_path([](const char* isa, int t, bool streamed) {
     // 75 and 162 rows: row chunks end inside a thread's block and inside a sample.
     for (std::vector<int64_t> shape : {std::vector<int64_t>{5, 4, 3, 7}, std::vector<int64_t>{1, 3, 9, 9},
                                        std::vector<int64_t>{3, 70, 5, 5}, std::vector<int64_t>{2, 16, 9, 9},
                                        std::vector<int64_t>{8, 16, 28, 28}}) {
       for (std::string gran : {"pixel", "channel", "layer"}) {
         for (auto dtype : {torch::kDouble, torch::kFloat}) {
-          CAPTURE(isa, t, shape, gran, dtype);
+          CAPTURE(isa, t, streamed, shape, gran, dtype);
           const double rtol = dtype == torch::kDouble ? 1e-6 : 1e-4;
           const double atol = dtype == torch::kDouble ? 1e-9 : 1e-4;
           const auto in = make_inputs(shape, gran, dtype);
