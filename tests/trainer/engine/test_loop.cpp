@@ -630,9 +630,11 @@ TEST_CASE("a gated resnet in channels_last memory computes the NCHW model's outp
   for (const auto& y : {ya, yb, yr}) y.square().sum().backward();
   // Measured against float64: NCHW float32 gradients are within ~1e-5 of the largest; in
   // channels_last LibTorch 1.13's CPU convolution / batch-norm backward is far less exact, up to
-  // ~4e-3 with plain ReLUs (no autorep kernel involved) and, amplified through the gates'
-  // quadratics, ~4e-2 in the first layers of the gated model. A layout bug would be O(1).
-  const double bound_nchw = 1e-4, bound_cl = gated ? 0.1 : 0.01;
+  // ~4e-3 with plain ReLUs (no autorep kernel involved; 2.4e-2 when the whole "[train]" group
+  // ran in one process before it, where oneDNN had other primitives cached) and, amplified
+  // through the gates' quadratics, ~4e-2 in the first layers of the gated model. A layout bug
+  // would be O(1).
+  const double bound_nchw = 1e-4, bound_cl = gated ? 0.1 : 0.05;
   auto pb = b->named_parameters(), pr = r->named_parameters();
   double worst_a = 0, worst_b = 0;
   for (const auto& kv : a->named_parameters()) {
