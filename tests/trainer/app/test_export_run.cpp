@@ -11,6 +11,7 @@
 #include "trainer/data/dataset.h"
 #include "trainer/engine/checkpoint.h"
 #include "trainer/engine/config.h"
+#include "trainer/engine/device.h"
 #include "trainer/methods/registry.h"
 #include "trainer/methods/run_model.h"
 #include "trainer/models/registry.h"
@@ -81,6 +82,10 @@ TEST_CASE("export_checkpoint and verify_export work on a saved reduction checkpo
     WARN("Fashion-MNIST not installed: skipped");
     return;
   }
+  // The threads the CLI calls below run with (`--threads 2`: LibTorch's and BLAS's), so the
+  // export written here and the CLI's are computed alike, to the bit.
+  const int threads_before = torch::get_num_threads();
+  engine::configure_threads(2);
   engine::Config config;
   config.method = "autorep";
   config.model.name = "cnn-small";
@@ -161,6 +166,7 @@ TEST_CASE("export_checkpoint and verify_export work on a saved reduction checkpo
   write_text(cheap, exports::to_json(exports::default_cost_table()).dump());
   std::tie(rc, text) = sh("inspect --cost-table " + cheap.string() + " " + out);
   CHECK(rc == 0);
+  torch::set_num_threads(threads_before);
 }
 
 TEST_CASE("a checkpoint's own normalisation is what evaluation, verify and the ONNX graph use", "[export]") {
