@@ -42,11 +42,11 @@ int64_t default_stream_bytes() {
       std::ifstream level(dir + "level"), size(dir + "size");
       int lv = 0;
       std::string sz;
-      if (!(level >> lv) || !(size >> sz) || lv < 2 || sz.empty()) continue;
+      if (!(level >> lv) || !(size >> sz) || lv < 3) continue;
       int64_t v = std::atoll(sz.c_str());
       if (sz.back() == 'K') v <<= 10;
       if (sz.back() == 'M') v <<= 20;
-      if (v > 0 && lv >= 3) best = v;
+      if (v > 0) best = v;
     }
     long l3 = -1;
 #ifdef _SC_LEVEL3_CACHE_SIZE
