@@ -44,8 +44,6 @@ int integer_bits(double max_abs) {
   return max_abs < 1 ? 1 : static_cast<int>(std::floor(std::log2(max_abs))) + 2;
 }
 
-double ValueRange::max_abs() const { return std::max(std::abs(min), std::abs(max)); }
-
 class GraphEvaluator::Sink : public models::GraphSink {
  public:
   Sink(GraphEvaluator& owner, models::NetImpl& net, const exports::MaskExport& ex, Normalisation norm,
@@ -183,50 +181,6 @@ GraphEvaluator::~GraphEvaluator() = default;
 torch::Tensor GraphEvaluator::forward(const torch::Tensor& images, torch::Tensor* out_of_range) {
   return sink_->forward(images, out_of_range);
 }
-
-namespace {
-
-// |x| histogram on a log2 scale: 16 bins per octave over [2^-48, 2^80), zeros counted apart.
-struct AbsHistogram {
-  static constexpr double kLow = -48, kHigh = 80, kPerOctave = 16;
-  torch::Tensor counts = torch::zeros({static_cast<int64_t>((kHigh - kLow) * kPerOctave)}, torch::kDouble);
-  double zeros = 0, total = 0;
-  double lo = std::numeric_limits<double>::infinity(), hi = -std::numeric_limits<double>::infinity();
-
-  void add(const torch::Tensor& t) {
-    const torch::Tensor x = t.detach().to(torch::kDouble).flatten();
-    lo = std::min(lo, x.min().item<double>());
-    hi = std::max(hi, x.max().item<double>());
-    const torch::Tensor a = x.abs();
-    const torch::Tensor nz = a.masked_select(a > 0);
-    zeros += static_cast<double>(a.numel() - nz.numel());
-    total += static_cast<double>(a.numel());
-    if (nz.numel() == 0) return;
-    const torch::Tensor pos = (nz.log2().clamp(kLow, kHigh - 1e-9) - kLow) * kPerOctave;
-    counts.index_add_(0, pos.floor().to(torch::kLong), torch::ones_like(pos));
-  }
-
-  ValueRange range(double percentile) const {
-    ValueRange r;
-    r.min = lo;
-    r.max = hi;
-    const double want = percentile * total;
-    double seen = zeros;
-    if (seen >= want) return r;
-    const auto c = counts.accessor<double, 1>();
-    for (int64_t b = 0; b < counts.size(0); ++b) {
-      seen += c[b];
-      if (seen >= want) {
-        r.abs_percentile = std::min(r.max_abs(), std::exp2(kLow + static_cast<double>(b + 1) / kPerOctave));
-        return r;
-      }
-    }
-    r.abs_percentile = r.max_abs();
-    return r;
-  }
-};
-
-}  // namespace
 
 std::vector<SiteRange> observe_ranges(models::NetImpl& net, const exports::MaskExport& ex, const Normalisation& norm,
                                       const torch::Tensor& images, int64_t batch, double percentile) {

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "search/export/relu_mask.h"
+#include "trainer/deploy/abs_histogram.h"
 #include "trainer/deploy/onnx_export.h"
 #include "trainer/models/net.h"
 
@@ -51,13 +52,6 @@ class GraphEvaluator {
  private:
   class Sink;
   std::unique_ptr<Sink> sink_;
-};
-
-/// min, max and a high percentile of |x| of the values seen at one point of the graph.
-struct ValueRange {
-  double min = 0, max = 0;
-  double abs_percentile = 0;  ///< the `percentile` quantile of |x| (from a histogram, 1/16 octave bins)
-  double max_abs() const;
 };
 
 struct SiteRange {

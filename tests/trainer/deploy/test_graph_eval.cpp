@@ -106,6 +106,52 @@ TEST_CASE("observed ranges are the true extremes of each site's input and output
   CHECK_THROWS_WITH(exports::parse_export(doc, "ranges"), Contains("sites[1].range.output") && Contains("min > max"));
 }
 
+TEST_CASE("the |x| histogram bins every value as floor(16 (log2|x| + 48)), at any thread count", "[onnx][fixed-point]") {
+  using deploy::AbsHistogram;
+  torch::manual_seed(8);
+  // Magnitudes over the whole binned span and beyond, both signs, zeros, subnormals, infinities
+  // and NaNs; edges of the octave's sub-bins (2^(k/16)) and their float neighbours.
+  auto values = torch::cat({torch::randn({20000}, torch::kDouble) * torch::exp2(torch::randint(-60, 90, {20000}).to(torch::kDouble)),
+                            torch::zeros({50}, torch::kDouble),
+                            torch::exp2(torch::arange(0, 16, torch::kDouble) / 16) * 3.0,
+                            torch::tensor({1e-300, -1e-310, 1.0, -2.0, 0.5, std::exp2(-48.0), std::exp2(80.0), 1e30,
+                                           std::numeric_limits<double>::infinity(), -std::numeric_limits<double>::infinity(),
+                                           std::numeric_limits<double>::quiet_NaN()},
+                                          torch::kDouble)});
+  for (const auto dtype : {torch::kFloat, torch::kDouble}) {
+    const auto x = values.to(dtype);
+    // The formula, with ATen ops in float64 (how the ranges were first computed).
+    const auto a = x.to(torch::kDouble).abs();
+    const auto nz = a.masked_select(a > 0);
+    const auto pos = ((nz.log2().clamp(AbsHistogram::kLow, AbsHistogram::kHigh - 1e-9) - AbsHistogram::kLow) *
+                      AbsHistogram::kPerOctave).floor().to(torch::kLong);
+    const auto expected = torch::bincount(pos, {}, AbsHistogram::kBins).to(torch::kDouble);
+    const int threads = torch::get_num_threads();
+    for (const int t : {1, 2, 3}) {
+      torch::set_num_threads(t);
+      AbsHistogram h;
+      h.add(x.slice(0, 0, 7000));
+      h.add(x.slice(0, 7000));
+      torch::set_num_threads(threads);
+      INFO((dtype == torch::kFloat ? "float32, " : "float64, ") << t << " threads");
+      const auto got = torch::tensor(h.counts(), torch::kDouble);
+      CHECK(torch::equal(got, expected));
+      CHECK(h.total() == static_cast<double>(x.numel()));
+      CHECK(h.zeros() == static_cast<double>(x.numel() - nz.numel()));  // NaN counts with the zeros
+      const auto r = h.range(0.5);
+      CHECK(r.min == -std::numeric_limits<double>::infinity());
+      CHECK(r.max == std::numeric_limits<double>::infinity());
+      // The median |x| lies in the bin whose upper edge is reported.
+      const auto sorted = std::get<0>(torch::nan_to_num(a, 0.0).sort());  // NaN as a zero, as counted
+      const double median = sorted[static_cast<int64_t>(std::ceil(0.5 * static_cast<double>(x.numel()))) - 1].item<double>();
+      CHECK(r.abs_percentile >= median);
+      CHECK(r.abs_percentile <= median * std::exp2(1.0 / 16) * (1 + 1e-12));
+    }
+  }
+  AbsHistogram empty;
+  CHECK(empty.range(0.99).abs_percentile == 0.0);
+}
+
 TEST_CASE("fixed-point formats are parsed with a clear error; integer bits count the sign", "[fixed-point]") {
   const auto f = deploy::FixedPoint::parse("64.13");
   CHECK(f.total == 64);
