@@ -3,6 +3,7 @@
 #include <stdexcept>
 
 #include "layers/pool.h"
+#include "layers/stem_conv.h"
 #include "trainer/models/blocks.h"
 
 namespace autorep::trainer::models {
@@ -26,7 +27,7 @@ class CnnSmallImpl : public NetImpl {
     fc2_ = register_module("fc2", nn::Linear(64, spec.classes));
   }
   torch::Tensor forward(torch::Tensor x) override {
-    x = layers::max_pool2(act1_.forward(bn1_(conv1_(x))));
+    x = layers::max_pool2(act1_.forward(bn1_(layers::stem_conv2d(*conv1_, x))));
     x = layers::max_pool2(act2_.forward(bn2_(conv2_(x))));
     x = act3_.forward(fc1_(x.flatten(1)));
     return fc2_(x);

@@ -2,6 +2,7 @@
 
 #include <stdexcept>
 
+#include "layers/stem_conv.h"
 #include "trainer/models/blocks.h"
 
 namespace autorep::trainer::models {
@@ -81,7 +82,7 @@ class ResNetImpl : public NetImpl {
     fc_ = register_module("fc", nn::Linear(in, spec.classes));
   }
   torch::Tensor forward(torch::Tensor x) override {
-    x = bn1_(conv1_(x));
+    x = bn1_(layers::stem_conv2d(*conv1_, x));
     if (!act1_.is_empty()) x = act1_.forward(x);
     for (auto& stage : stages_) x = stage->forward(x);
     return fc_(torch::adaptive_avg_pool2d(x, {1, 1}).flatten(1));

@@ -3,6 +3,7 @@
 #include <stdexcept>
 
 #include "layers/pool.h"
+#include "layers/stem_conv.h"
 #include "trainer/models/blocks.h"
 
 namespace autorep::trainer::models {
@@ -42,7 +43,7 @@ class Vgg16Impl : public NetImpl {
   }
   torch::Tensor forward(torch::Tensor x) override {
     for (size_t i = 0; i < convs_.size(); ++i) {
-      x = acts_[i].forward(bns_[i](convs_[i](x)));
+      x = acts_[i].forward(bns_[i](i == 0 ? layers::stem_conv2d(*convs_[i], x) : convs_[i](x)));
       if (pool_after_[i]) x = layers::max_pool2(x);
     }
     return fc2_(fc_act_.forward(fc1_(x.flatten(1))));

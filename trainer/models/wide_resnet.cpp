@@ -2,6 +2,7 @@
 
 #include <stdexcept>
 
+#include "layers/stem_conv.h"
 #include "trainer/models/blocks.h"
 
 namespace autorep::trainer::models {
@@ -73,7 +74,7 @@ class WideResNetImpl : public NetImpl {
     fc_ = register_module("fc", nn::Linear(in, spec.classes));
   }
   torch::Tensor forward(torch::Tensor x) override {
-    x = conv1_(x);
+    x = layers::stem_conv2d(*conv1_, x);
     for (auto& stage : stages_) x = stage->forward(x);
     return fc_(torch::adaptive_avg_pool2d(bn_(x), {1, 1}).flatten(1));
   }
