@@ -5,6 +5,8 @@
 
 #include <vector>
 
+#include "layers/util/variant.h"
+
 namespace autorep::layers {
 
 namespace {
@@ -14,13 +16,7 @@ using torch::autograd::variable_list;
 
 constexpr int64_t kMaxChannels = 4;
 
-// Conv options hold c10::variant (LibTorch 1.13) or std::variant (2.x): both spelled here.
-template <typename T, typename V>
-const T* alternative(const V& v) {
-  using namespace c10;
-  using namespace std;
-  return get_if<T>(&v);
-}
+using util::alternative;
 
 struct Geometry {
   int64_t n, c, h, w, o, kh, kw, oh, ow, stride_h, stride_w, pad_h, pad_w;

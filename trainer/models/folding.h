@@ -12,6 +12,8 @@
 #include <string>
 #include <utility>
 
+#include "layers/util/variant.h"
+
 namespace autorep::trainer::models {
 
 /// (scale, shift), float64: bn(x) = scale * x + shift per channel, in eval mode. Throws, naming
@@ -28,13 +30,7 @@ inline std::pair<torch::Tensor, torch::Tensor> bn_affine(const torch::nn::BatchN
   return {scale, beta - f64(bn.running_mean) * scale};
 }
 
-// LibTorch's conv options hold c10::variant (1.13) or std::variant (2.x): both spelled here.
-template <typename T, typename V>
-const T* alternative(const V& v) {
-  using namespace c10;
-  using namespace std;
-  return get_if<T>(&v);
-}
+using util::alternative;
 
 /// A convolution's geometry as ONNX and at::conv2d take it.
 struct ConvGeometry {
