@@ -23,9 +23,8 @@ struct Geometry {
 };
 
 // dW[o][c][i][j] = sum over n, y, x of g[n][o][y][x] * x[n][c][y*sh + i - ph][x*sw + j - pw]
-// (zero outside the image), one output channel per task. Per image, each tap accumulates its
-// products element-wise in a row of T (vectorised, no reduction chain); the rows are then summed
-// into float64 per image, in a fixed order.
+// (zero outside the image), one output channel per task, in a fixed order.
+//
 // Stride 1: with the image zero-padded to width Wp = W + 2 pw (and height H + 2 ph) and g
 // laid out at the same width (zeros in its last kw - 1 columns), tap (c, i, j) is one dot
 // product of length OH * Wp between g and the padded image shifted by i * Wp + j: the columns
@@ -77,6 +76,8 @@ void weight_gradient_stride1(const Geometry& s, const T* x, const T* g, T* dw, T
   });
 }
 
+// Any stride: per image, each tap accumulates its products element-wise in a row of T
+// (vectorised, no reduction chain); the rows are then summed into float64 per image.
 template <typename T>
 void weight_gradient(const Geometry& s, const T* x, const T* g, T* dw, T* db) {
   const int64_t taps = s.c * s.kh * s.kw;
