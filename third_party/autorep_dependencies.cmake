@@ -104,38 +104,39 @@ if(AUTOREP_ONNX)
 endif()
 
 # A helper that every autorep library target uses for its common settings:
-#   autorep_library(NAME [COLD] SOURCES...)
-# COLD marks a library off the training path (the commands, the file formats, the ONNX export):
-# it compiles at -O1 in Release, since its code runs once per command, not per step, and -O1
-# compiles it in about three quarters of -O3's time.
+#   autorep_library(NAME SOURCES... [KERNELS SOURCES...])
+# In Release the SOURCES compile at -O1: they are the glue around LibTorch's operators (models,
+# training loop, methods, file formats, commands), whose time goes to the operators, and -O1
+# compiles them in about three quarters of -O3's time. The KERNELS, the loops over tensor
+# elements (layers/kernels/), compile at -O3 (Release's own flags), each on its own: they include
+# no LibTorch header beyond <ATen/Parallel.h>, so they need neither the precompiled header nor
+# the unity file, and a fresh build compiles them on one core while the other makes the
+# precompiled header.
 function(autorep_library name)
-  cmake_parse_arguments(PARSE_ARGV 1 ARG "COLD" "" "")
-  add_library(${name} STATIC ${ARG_UNPARSED_ARGUMENTS})
+  cmake_parse_arguments(PARSE_ARGV 1 ARG "" "" "KERNELS")
+  add_library(${name} STATIC ${ARG_UNPARSED_ARGUMENTS} ${ARG_KERNELS})
   target_include_directories(${name} PUBLIC ${PROJECT_SOURCE_DIR})
   target_link_libraries(${name} PUBLIC ${TORCH_LIBRARIES} nlohmann_json::nlohmann_json Threads::Threads)
   if(OpenMP_CXX_FOUND)
     target_link_libraries(${name} PUBLIC OpenMP::OpenMP_CXX)
   endif()
   target_compile_options(${name} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Wno-unused-parameter>)
+  target_compile_options(${name} PRIVATE $<$<AND:$<CONFIG:Release>,$<COMPILE_LANGUAGE:CXX>>:-O1>)
   if(AUTOREP_UNITY_BUILD)
     set_target_properties(${name} PROPERTIES UNITY_BUILD ON UNITY_BUILD_BATCH_SIZE 0)
   endif()
-  # Every source includes LibTorch: the first library compiles <torch/torch.h> once as a
-  # precompiled header and every later one reuses it (they share flags and definitions). A
-  # precompiled header must be used with the flags it was made with (GCC can crash on a
-  # mismatched optimisation level), so the COLD libraries share one of their own; a fresh build
-  # makes it on the second core while the first makes the other.
-  set(_pch_property AUTOREP_PCH_OWNER)
-  if(ARG_COLD)
-    target_compile_options(${name} PRIVATE $<$<AND:$<CONFIG:Release>,$<COMPILE_LANGUAGE:CXX>>:-O1>)
-    set(_pch_property AUTOREP_COLD_PCH_OWNER)
-  endif()
-  get_property(_pch_owner GLOBAL PROPERTY ${_pch_property})
+  # A source's own options come after the target's on the command line: -O3 wins over -O1.
+  set_source_files_properties(${ARG_KERNELS} PROPERTIES
+    COMPILE_OPTIONS "$<$<CONFIG:Release>:-O3>" SKIP_PRECOMPILE_HEADERS ON SKIP_UNITY_BUILD_INCLUSION ON)
+  # Every other source includes LibTorch: the first library compiles <torch/torch.h> once as a
+  # precompiled header and every later one reuses it (they share flags and definitions; a
+  # precompiled header must be used with the flags it was made with).
+  get_property(_pch_owner GLOBAL PROPERTY AUTOREP_PCH_OWNER)
   if(_pch_owner)
     target_precompile_headers(${name} REUSE_FROM ${_pch_owner})
   else()
     target_precompile_headers(${name} PRIVATE "$<$<COMPILE_LANGUAGE:CXX>:<torch/torch.h>>")
-    set_property(GLOBAL PROPERTY ${_pch_property} ${name})
+    set_property(GLOBAL PROPERTY AUTOREP_PCH_OWNER ${name})
   endif()
   if(AUTOREP_TORCH_CXX_FLAGS)
     separate_arguments(_flags UNIX_COMMAND "${AUTOREP_TORCH_CXX_FLAGS}")

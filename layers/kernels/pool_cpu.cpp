@@ -1,6 +1,5 @@
 #include "layers/kernels/pool_cpu.h"
 
-#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -255,50 +254,31 @@ void backward_nhwc(const T* gy, const uint8_t* idx, T* gx, int64_t n, int64_t ch
 
 }  // namespace max_pool2_detail
 
-bool pool_channels_last(const at::Tensor& x) {
-  return x.dim() == 4 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
-}
-
-at::Tensor max_pool2_forward(const at::Tensor& input, at::Tensor* index) {
-  TORCH_CHECK(input.dim() == 4 && input.size(2) >= 2 && input.size(3) >= 2,
-              "max_pool2: input must be N×C×H×W with H, W >= 2, got shape ", input.sizes());
-  TORCH_CHECK(input.device().is_cpu(), "max_pool2: the fused kernels run on the CPU, got ", input.device());
-  const bool cl = pool_channels_last(input);
-  const auto format = cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-  const at::Tensor x = input.contiguous(format);
-  const int64_t n = x.size(0), ch = x.size(1), h = x.size(2), w = x.size(3);
-  at::Tensor y = at::empty({n, ch, h / 2, w / 2}, x.options().memory_format(format));
-  uint8_t* idx = nullptr;
-  if (index) {
-    *index = at::empty(y.sizes(), x.options().dtype(at::kByte).memory_format(format));
-    idx = index->data_ptr<uint8_t>();
+template <class T>
+void max_pool2_forward(const T* x, T* y, uint8_t* index, int64_t n, int64_t ch, int64_t h, int64_t w,
+                       bool channels_last) {
+  if (channels_last) {
+    max_pool2_detail::forward_nhwc(x, y, index, n, ch, h, w);
+  } else {
+    max_pool2_detail::forward_nchw(x, y, index, n * ch, h, w);
   }
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "max_pool2_forward", [&] {
-    if (cl) {
-      max_pool2_detail::forward_nhwc(x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), idx, n, ch, h, w);
-    } else {
-      max_pool2_detail::forward_nchw(x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), idx, n * ch, h, w);
-    }
-  });
-  return y;
 }
 
-at::Tensor max_pool2_backward(const at::Tensor& grad_y, const at::Tensor& index, int64_t height, int64_t width,
-                              bool channels_last) {
-  const auto format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-  TORCH_CHECK(grad_y.sizes() == index.sizes(), "max_pool2: gradient of shape ", grad_y.sizes(),
-              " for outputs of shape ", index.sizes());
-  const at::Tensor g = grad_y.contiguous(format);
-  const int64_t n = g.size(0), ch = g.size(1);
-  at::Tensor gx = at::empty({n, ch, height, width}, g.options().memory_format(format));
-  AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "max_pool2_backward", [&] {
-    if (channels_last) {
-      max_pool2_detail::backward_nhwc(g.data_ptr<scalar_t>(), index.data_ptr<uint8_t>(), gx.data_ptr<scalar_t>(), n, ch, height, width);
-    } else {
-      max_pool2_detail::backward_nchw(g.data_ptr<scalar_t>(), index.data_ptr<uint8_t>(), gx.data_ptr<scalar_t>(), n * ch, height, width);
-    }
-  });
-  return gx;
+template <class T>
+void max_pool2_backward(const T* grad_y, const uint8_t* index, T* grad_x, int64_t n, int64_t ch, int64_t height,
+                        int64_t width, bool channels_last) {
+  if (channels_last) {
+    max_pool2_detail::backward_nhwc(grad_y, index, grad_x, n, ch, height, width);
+  } else {
+    max_pool2_detail::backward_nchw(grad_y, index, grad_x, n * ch, height, width);
+  }
 }
+
+template void max_pool2_forward<float>(const float*, float*, uint8_t*, int64_t, int64_t, int64_t, int64_t, bool);
+template void max_pool2_forward<double>(const double*, double*, uint8_t*, int64_t, int64_t, int64_t, int64_t, bool);
+template void max_pool2_backward<float>(const float*, const uint8_t*, float*, int64_t, int64_t, int64_t, int64_t,
+                                        bool);
+template void max_pool2_backward<double>(const double*, const uint8_t*, double*, int64_t, int64_t, int64_t,
+                                         int64_t, bool);
 
 }  // namespace autorep::layers::kernels
