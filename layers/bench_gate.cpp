@@ -149,7 +149,8 @@ int run_gate_bench(const GateBenchOptions& o, std::ostream& out) {
       if (v != kComposite) time_one(v, it);
     }
   }
-  for (int it = 0; it < o.warmup + o.iters; ++it) time_one(kComposite, it);
+  const int composite_iters = std::min(o.iters, 20);
+  for (int it = 0; it < o.warmup + composite_iters; ++it) time_one(kComposite, it);
   std::vector<double> med, best;
   for (const auto& m : ms) {
     med.push_back(median(m));
@@ -164,7 +165,8 @@ int run_gate_bench(const GateBenchOptions& o, std::ostream& out) {
                : std::to_string(torch::get_num_threads()) + " threads, " + kernels::gate_cpu_isa() +
                      " kernels, outputs from " + std::to_string(kernels::gate_cpu_stream_bytes() >> 10) +
                      " KiB streamed past the caches (" + (bytes >= kernels::gate_cpu_stream_bytes() ? "this one" : "not this one") + "), ")
-      << o.iters << " iterations (median; composite in its own block, the others interleaved), allocator: " << allocator << "\n";
+      << o.iters << " iterations (median; composite " << composite_iters
+      << " in its own block, the others interleaved), allocator: " << allocator << "\n";
   out << std::fixed;
   const char* notes[] = {"torch::relu through autograd", "composite ATen reference",
                          "fused autograd function", "Gate module, training mode (+ running stats)",

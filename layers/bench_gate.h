@@ -14,8 +14,10 @@ struct GateBenchOptions {
   std::vector<int64_t> shape{64, 64, 28, 28};
   /// "cpu" or "cuda".
   std::string device = "cpu";
-  /// Timed iterations per variant (median reported), after `warmup` untimed ones.
-  int iters = 20;
+  /// Timed iterations per variant (median reported), after `warmup` untimed ones; the composite
+  /// reference (tens of times slower, only a reference) runs at most 20. On a shared machine a
+  /// single iteration moves by ±30%, so the median needs a few dozen.
+  int iters = 50;
   int warmup = 3;
   /// "pixel", "channel" or "layer".
   std::string granularity = "pixel";
