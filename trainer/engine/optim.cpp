@@ -6,32 +6,11 @@
 #include <string>
 #include <type_traits>
 
+#include "trainer/engine/optim_kernels.h"
+
 namespace autorep::trainer::engine {
 
 namespace {
-
-// One parameter's Adam update in a single pass over its elements, with the arithmetic of
-// LibTorch's Adam::step in the same order (grad + wd·p; m·β1 + (1−β1)·g; v·β2 + (1−β2)·g·g;
-// √v / √(1−β2^t) + ε; p + (−lr/(1−β1^t))·m/denom), to float rounding (ATen's vector loops
-// may fuse a multiply-add that this loop does not, or the reverse).
-template <typename T>
-void adam_update(T* p, const T* grad, T* m, T* v, int64_t n, double beta1, double beta2, double weight_decay,
-                 double sqrt_bc2, double eps, double step_size) {
-  const T b1 = static_cast<T>(beta1), one_minus_b1 = static_cast<T>(1 - beta1);
-  const T b2 = static_cast<T>(beta2), one_minus_b2 = static_cast<T>(1 - beta2);
-  const T wd = static_cast<T>(weight_decay), root = static_cast<T>(sqrt_bc2), e = static_cast<T>(eps);
-  const T neg_step = static_cast<T>(-step_size);
-  const bool decay = weight_decay != 0;
-  for (int64_t i = 0; i < n; ++i) {
-    T g = grad[i];
-    if (decay) g = g + wd * p[i];
-    const T mi = m[i] * b1 + one_minus_b1 * g;
-    const T vi = v[i] * b2 + one_minus_b2 * g * g;
-    m[i] = mi;
-    v[i] = vi;
-    p[i] = p[i] + neg_step * (mi / (std::sqrt(vi) / root + e));
-  }
-}
 
 // Optimiser state is keyed by the TensorImpl address: a string in LibTorch 1.x, a void* in 2.x.
 template <typename Map>
@@ -86,9 +65,9 @@ class CpuFusedAdam : public torch::optim::Adam {
         if (s.exp_avg().strides() != p.strides()) s.exp_avg(laid_out_like(p, s.exp_avg()));
         if (s.exp_avg_sq().strides() != p.strides()) s.exp_avg_sq(laid_out_like(p, s.exp_avg_sq()));
         AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "adam_update", [&] {
-          adam_update(p.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(), s.exp_avg().data_ptr<scalar_t>(),
-                      s.exp_avg_sq().data_ptr<scalar_t>(), p.numel(), beta1, beta2, o.weight_decay(),
-                      std::sqrt(bc2), o.eps(), o.lr() / bc1);
+          kernels::adam_update(p.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(), s.exp_avg().data_ptr<scalar_t>(),
+                               s.exp_avg_sq().data_ptr<scalar_t>(), p.numel(), beta1, beta2, o.weight_decay(),
+                               std::sqrt(bc2), o.eps(), o.lr() / bc1);
         });
         // Written through raw pointers: bump the version counters as in-place ATen calls do.
         for (const auto* t : {&p, &s.exp_avg(), &s.exp_avg_sq()}) t->unsafeGetTensorImpl()->bump_version();
