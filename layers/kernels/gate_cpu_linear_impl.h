@@ -4,18 +4,22 @@
 
 // ---- N×F ([n, f]) -------------------------------------------------------------------------
 
-// Forward: row blocks, one per thread, each walked kLinearRows rows at a time along the whole
+// Forward: row blocks, one per thread, each walked several rows at a time along the whole
 // feature axis, so every thread streams through its own contiguous memory (moments: per-block
 // sums in T over at most kRowChunk rows, then in double, blocks added in a fixed order).
-// Backward: feature blocks, a few per thread, each walked down all rows kBackwardRows at a
-// time, so the four per-feature sums of a block stay in the core's own caches (walking whole
-// rows, they were re-read from farther for every group of rows: half the speed). Coefficients,
-// mask and the group's sums are loaded once per group of rows. Four rows, not eight: each row is three memory
-// streams (x, g, dx), and 24 of them at once left the memory system less bandwidth than 12
-// (256×12544 float32 with streamed stores, 2 threads: backward 1.1–1.3x ReLU's against
-// 1.4–1.9x with eight).
-constexpr int kLinearRows = 4;
-constexpr int kBackwardRows = 4;
+// Backward: feature blocks, a few per thread, each walked down all rows several at a time, so
+// the four per-feature sums of a block stay in the core's own caches (walking whole rows, they
+// were re-read from farther for every group of rows: half the speed). Coefficients, mask and
+// the group's sums are loaded once per group of rows.
+// Rows per pass: four where the outputs stream past the caches (each row is three memory
+// streams, x, g and dx, and 24 of them at once left the memory system less bandwidth than 12 on
+// an AMD EPYC with an 8 MiB last-level cache: backward 1.1–1.3x ReLU's against 1.4–1.9x with
+// eight), eight where the tensors stay cached (half the loads and stores of the per-feature
+// tables and sums per row: 256×12544 float32 on a Xeon, `bench gate --shape 256,12544`, gate
+// over ReLU 1.14–1.18 -> 1.01–1.05 at 2 threads, 1.05–1.11 -> 0.94–0.98 at 1). Every sum adds
+// its rows one after another whatever the pass, so the rows per pass do not change any bit.
+constexpr int kStreamedRows = 4;
+constexpr int kCachedRows = 8;
 
 template <typename T, bool MOMENTS>
 void forward_linear(const GateProblem& pr, const T* x, const T* mask, const T* c0, const T* c1,
@@ -36,8 +40,14 @@ void forward_linear(const GateProblem& pr, const T* x, const T* mask, const T* c
       for (int64_t n = n0; n < n1;) {
         const int64_t chunk_end = std::min(n1, n + kRowChunk);
         if (MOMENTS) std::fill(s, s + 2 * F, T(0));
-        for (; n + kLinearRows <= chunk_end; n += kLinearRows) {
-          forward_row<T, MOMENTS, kLinearRows>(F, F, x + n * F, m, a, b, d, y + n * F, s, s2, nt);
+        if (nt) {
+          for (; n + kStreamedRows <= chunk_end; n += kStreamedRows) {
+            forward_row<T, MOMENTS, kStreamedRows>(F, F, x + n * F, m, a, b, d, y + n * F, s, s2, nt);
+          }
+        } else {
+          for (; n + kCachedRows <= chunk_end; n += kCachedRows) {
+            forward_row<T, MOMENTS, kCachedRows>(F, F, x + n * F, m, a, b, d, y + n * F, s, s2, nt);
+          }
         }
         for (; n < chunk_end; ++n) forward_row<T, MOMENTS, 1>(F, F, x + n * F, m, a, b, d, y + n * F, s, s2, nt);
         for (int64_t j = 0; MOMENTS && j < 2 * F; ++j) ds[j] += s[j];
@@ -94,7 +104,8 @@ inline __attribute__((always_inline)) void backward_linear_rows(
     vload(mv, m + j), vload(bv, b + j), vload(dv, d + j);
     const auto kept = mv > half;
     const V two_d = dv + dv;
-    V vr = zero, v0 = zero, v1 = zero, v2 = zero;
+    V vr, v0, v1, v2;  // the sums so far: each row added in turn, as the scalar tail does
+    vload(vr, sr + j), vload(v0, s0 + j), vload(v1, s1 + j), vload(v2, s2 + j);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       V xv, gv;
@@ -102,11 +113,7 @@ inline __attribute__((always_inline)) void backward_linear_rows(
       vload(gv, g + r * F + j);
       backward_vector(xv, gv, kept, bv, two_d, dx + r * F + j, vr, v0, v1, v2, nt);
     }
-    V t;
-    vload(t, sr + j), vstore(sr + j, t + vr);
-    vload(t, s0 + j), vstore(s0 + j, t + v0);
-    vload(t, s1 + j), vstore(s1 + j, t + v1);
-    vload(t, s2 + j), vstore(s2 + j, t + v2);
+    vstore(sr + j, vr), vstore(s0 + j, v0), vstore(s1 + j, v1), vstore(s2 + j, v2);
   }
   for (; j < nf; ++j) {
     for (int r = 0; r < R; ++r) {
@@ -142,9 +149,16 @@ void backward_linear(const GateProblem& pr, const T* x, const T* g, const T* mas
       for (int64_t n = 0; n < N;) {
         const int64_t chunk_end = std::min(N, n + kRowChunk);
         for (T* arr : {sr, s0, s1, s2}) std::fill(arr, arr + nf, T(0));
-        for (; n + kBackwardRows <= chunk_end; n += kBackwardRows) {
-          backward_linear_rows<T, kBackwardRows>(nf, F, x + n * F + f0, g + n * F + f0, m, b, d, dx + n * F + f0,
-                                               sr, s0, s1, s2, nt);
+        if (nt) {
+          for (; n + kStreamedRows <= chunk_end; n += kStreamedRows) {
+            backward_linear_rows<T, kStreamedRows>(nf, F, x + n * F + f0, g + n * F + f0, m, b, d,
+                                                   dx + n * F + f0, sr, s0, s1, s2, nt);
+          }
+        } else {
+          for (; n + kCachedRows <= chunk_end; n += kCachedRows) {
+            backward_linear_rows<T, kCachedRows>(nf, F, x + n * F + f0, g + n * F + f0, m, b, d,
+                                                 dx + n * F + f0, sr, s0, s1, s2, nt);
+          }
         }
         for (; n < chunk_end; ++n) {
           backward_linear_rows<T, 1>(nf, F, x + n * F + f0, g + n * F + f0, m, b, d, dx + n * F + f0, sr, s0, s1,

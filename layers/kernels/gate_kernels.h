@@ -66,11 +66,13 @@ void gate_straight_through_cpu(const float* aux, float* g_mask, int64_t n);
 void gate_straight_through_cpu(const double* aux, double* g_mask, int64_t n);
 
 /// Instruction set the CPU kernels run with: "avx512", "avx2" (x86-64, GCC builds, chosen at
-/// run time from the CPU) or "generic".
+/// run time from the CPU) or "generic". The default is "avx2" where the CPU has it, also where
+/// it has AVX-512 (the kernels are bound by memory, and the 64-byte build measured slower);
+/// the environment variable AUTOREP_GATE_ISA chooses another the CPU has.
 const char* gate_cpu_isa();
-/// Choose the CPU code path: "generic", "avx2", "avx512", or "" for the best the CPU supports
-/// (the default). Returns false (and changes nothing) when this build or CPU lacks it. For
-/// tests and benchmarks that compare the code paths.
+/// Choose the CPU code path: "generic", "avx2", "avx512", or "" for the default above. Returns
+/// false (and changes nothing) when this build or CPU lacks it. For tests and benchmarks that
+/// compare the code paths.
 bool gate_cpu_set_isa(const char* isa);
 /// Outputs (y, dx) of at least this many bytes are written around the caches (non-temporal
 /// stores, x86-64): by default the last-level cache's size, as such an output cannot stay cached

@@ -174,16 +174,27 @@ TEST_CASE("outputs are streamed past the caches from a size that can be set and 
   CHECK(kernels::gate_cpu_stream_bytes() == 12345);
   kernels::gate_cpu_set_stream_bytes(-1);
   CHECK(kernels::gate_cpu_stream_bytes() == fallback);
-  // The same bits either way, at a size where both kinds of store run (aligned rows, threads).
+  // The same bits either way, at sizes where both kinds of store run (aligned rows, threads);
+  // N×F inputs also walk a different number of rows per pass when streaming (4, else 8), with
+  // 37 rows leaving a remainder either way.
   torch::manual_seed(5);
-  const auto in = make_inputs({4, 8, 16, 16}, "pixel", torch::kFloat);
-  kernels::gate_cpu_set_stream_bytes(std::numeric_limits<int64_t>::max());
-  const auto plain = run_gate(in, true, 2);
-  kernels::gate_cpu_set_stream_bytes(0);
-  const auto streamed = run_gate(in, true, 2);
-  kernels::gate_cpu_set_stream_bytes(-1);
-  CHECK(torch::equal(plain.y, streamed.y));
-  CHECK(torch::equal(plain.dx, streamed.dx));
+  for (const std::vector<int64_t>& shape : {std::vector<int64_t>{4, 8, 16, 16}, {37, 64}}) {
+    for (const char* gran : {"pixel", "layer"}) {
+      CAPTURE(shape, gran);
+      const auto in = make_inputs(shape, gran, torch::kFloat);
+      kernels::gate_cpu_set_stream_bytes(std::numeric_limits<int64_t>::max());
+      const auto plain = run_gate(in, true, 2);
+      kernels::gate_cpu_set_stream_bytes(0);
+      const auto streamed = run_gate(in, true, 2);
+      kernels::gate_cpu_set_stream_bytes(-1);
+      CHECK(torch::equal(plain.y, streamed.y));
+      CHECK(torch::equal(plain.dx, streamed.dx));
+      CHECK(torch::equal(plain.daux, streamed.daux));
+      CHECK(torch::equal(plain.dc0, streamed.dc0));
+      CHECK(torch::equal(plain.dc1, streamed.dc1));
+      CHECK(torch::equal(plain.dc2, streamed.dc2));
+    }
+  }
 }
 
 TEST_CASE("STE gradient of aux is softplus(aux) * sum_batch (relu(x) - p(x)) * dL/dy", "[gate][ste]") {
