@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <memory>
@@ -126,22 +127,30 @@ Isa detected_isa() {
   return detected;
 }
 
+// A build's name, as gate_cpu_isa() prints it; false for any other name.
+bool parse_isa(const std::string& name, Isa* out) {
+  if (name != "avx512" && name != "avx2" && name != "generic") return false;
+  *out = name == "avx512" ? Isa::avx512 : name == "avx2" ? Isa::avx2 : Isa::generic;
+  return true;
+}
+
 // The instruction set the kernels run with: AVX2 where the CPU has it, also where it has
 // AVX-512. The kernels are bound by memory, not arithmetic, and on a Xeon with AVX-512 the
 // 64-byte build ran slower than the 32-byte one (`bench gate`, 64×64×28×28 pixel mask, 2 threads,
 // three alternating pairs: gate over ReLU 1.10–1.14 against 1.02–1.03). AUTOREP_GATE_ISA=avx512,
-// avx2 or generic chooses another build where the CPU has it (an unknown name or one the CPU
-// lacks leaves the default).
+// avx2 or generic chooses another build the CPU has; any other value is reported on stderr once
+// and leaves the default.
 Isa default_isa() {
   static const Isa chosen = [] {
     const Isa detected = detected_isa();
     const Isa preferred = detected == Isa::avx512 ? Isa::avx2 : detected;
     const char* env = std::getenv("AUTOREP_GATE_ISA");
     if (!env) return preferred;
-    const std::string n = env;
-    const Isa want = n == "avx512" ? Isa::avx512 : n == "avx2" ? Isa::avx2 : Isa::generic;
-    const bool known = n == "avx512" || n == "avx2" || n == "generic";
-    return known && static_cast<int>(want) <= static_cast<int>(detected) ? want : preferred;
+    Isa want = preferred;
+    if (parse_isa(env, &want) && static_cast<int>(want) <= static_cast<int>(detected)) return want;
+    std::fprintf(stderr, "autorep: AUTOREP_GATE_ISA=%s is not avx512, avx2 or generic, or this CPU lacks it; "
+                 "the gate kernels run their default build\n", env);
+    return preferred;
   }();
   return chosen;
 }
@@ -171,9 +180,8 @@ bool gate_cpu_set_isa(const char* name) {
     forced_isa.store(-1);
     return true;
   }
-  const Isa want = n == "avx512" ? Isa::avx512 : n == "avx2" ? Isa::avx2 : Isa::generic;
-  if (n != "avx512" && n != "avx2" && n != "generic") return false;
-  if (static_cast<int>(want) > static_cast<int>(detected_isa())) return false;
+  Isa want = Isa::generic;
+  if (!parse_isa(n, &want) || static_cast<int>(want) > static_cast<int>(detected_isa())) return false;
   forced_isa.store(static_cast<int>(want));
   return true;
 }
