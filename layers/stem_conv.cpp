@@ -45,8 +45,9 @@ class StemConvFunction : public torch::autograd::Function<StemConvFunction> {
                                                     {true, false, false}));
     }
     if (ctx->needs_input_grad(1) || (has_bias && ctx->needs_input_grad(2))) {
-      const kernels::StemGeometry s{x.size(0),      x.size(1), x.size(2), x.size(3), weight.size(0), weight.size(2), weight.size(3),
-                       g.size(2),      g.size(3), stride[0], stride[1], padding[0],     padding[1]};
+      const kernels::StemGeometry s{x.size(0), x.size(1),      x.size(2),      x.size(3), weight.size(0),
+                                    weight.size(2), weight.size(3), g.size(2), g.size(3), stride[0],
+                                    stride[1], padding[0], padding[1]};
       auto dw = torch::empty_like(weight, torch::MemoryFormat::Contiguous);
       torch::Tensor db = has_bias ? torch::empty({s.o}, weight.options()) : torch::Tensor();
       AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "stem_conv_weight_gradient", [&] {

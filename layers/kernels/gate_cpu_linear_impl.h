@@ -21,6 +21,19 @@
 constexpr int kStreamedRows = 4;
 constexpr int kCachedRows = 8;
 
+// Rows [n, end) in passes: body(std::integral_constant<int, R>{}, first_row) for each group of
+// R rows, R = kStreamedRows when the outputs stream (nt), else kCachedRows, then R = 1 for the
+// rows left over.
+template <typename Body>
+inline __attribute__((always_inline)) void for_row_passes(int64_t n, int64_t end, bool nt, Body&& body) {
+  if (nt) {
+    for (; n + kStreamedRows <= end; n += kStreamedRows) body(std::integral_constant<int, kStreamedRows>{}, n);
+  } else {
+    for (; n + kCachedRows <= end; n += kCachedRows) body(std::integral_constant<int, kCachedRows>{}, n);
+  }
+  for (; n < end; ++n) body(std::integral_constant<int, 1>{}, n);
+}
+
 template <typename T, bool MOMENTS>
 void forward_linear(const GateProblem& pr, const T* x, const T* mask, const T* c0, const T* c1,
                     const T* c2, T* y, double* moments) {
@@ -40,16 +53,10 @@ void forward_linear(const GateProblem& pr, const T* x, const T* mask, const T* c
       for (int64_t n = n0; n < n1;) {
         const int64_t chunk_end = std::min(n1, n + kRowChunk);
         if (MOMENTS) std::fill(s, s + 2 * F, T(0));
-        if (nt) {
-          for (; n + kStreamedRows <= chunk_end; n += kStreamedRows) {
-            forward_row<T, MOMENTS, kStreamedRows>(F, F, x + n * F, m, a, b, d, y + n * F, s, s2, nt);
-          }
-        } else {
-          for (; n + kCachedRows <= chunk_end; n += kCachedRows) {
-            forward_row<T, MOMENTS, kCachedRows>(F, F, x + n * F, m, a, b, d, y + n * F, s, s2, nt);
-          }
-        }
-        for (; n < chunk_end; ++n) forward_row<T, MOMENTS, 1>(F, F, x + n * F, m, a, b, d, y + n * F, s, s2, nt);
+        for_row_passes(n, chunk_end, nt, [&](auto rows, int64_t r) {
+          forward_row<T, MOMENTS, decltype(rows)::value>(F, F, x + r * F, m, a, b, d, y + r * F, s, s2, nt);
+        });
+        n = chunk_end;
         for (int64_t j = 0; MOMENTS && j < 2 * F; ++j) ds[j] += s[j];
       }
     }
@@ -149,21 +156,11 @@ void backward_linear(const GateProblem& pr, const T* x, const T* g, const T* mas
       for (int64_t n = 0; n < N;) {
         const int64_t chunk_end = std::min(N, n + kRowChunk);
         for (T* arr : {sr, s0, s1, s2}) std::fill(arr, arr + nf, T(0));
-        if (nt) {
-          for (; n + kStreamedRows <= chunk_end; n += kStreamedRows) {
-            backward_linear_rows<T, kStreamedRows>(nf, F, x + n * F + f0, g + n * F + f0, m, b, d,
-                                                   dx + n * F + f0, sr, s0, s1, s2, nt);
-          }
-        } else {
-          for (; n + kCachedRows <= chunk_end; n += kCachedRows) {
-            backward_linear_rows<T, kCachedRows>(nf, F, x + n * F + f0, g + n * F + f0, m, b, d,
-                                                 dx + n * F + f0, sr, s0, s1, s2, nt);
-          }
-        }
-        for (; n < chunk_end; ++n) {
-          backward_linear_rows<T, 1>(nf, F, x + n * F + f0, g + n * F + f0, m, b, d, dx + n * F + f0, sr, s0, s1,
-                                     s2, nt);
-        }
+        for_row_passes(n, chunk_end, nt, [&](auto rows, int64_t r) {
+          backward_linear_rows<T, decltype(rows)::value>(nf, F, x + r * F + f0, g + r * F + f0, m, b, d,
+                                                         dx + r * F + f0, sr, s0, s1, s2, nt);
+        });
+        n = chunk_end;
         for (int64_t j = 0; j < nf; ++j) {
           dgm[j] += static_cast<double>(sr[j] - (a[j] * s0[j] + b[j] * s1[j] + d[j] * s2[j]));
           if (m[j] > T(0.5)) continue;  // kept: q does not reach the output
